@@ -4,6 +4,7 @@
 // block copies to perform before writing (KvCache applies them for its own storage).
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <unordered_map>
 #include <vector>
@@ -63,7 +64,7 @@ class BlockAllocator {
 
   int64_t num_blocks_;
   int block_size_;
-  std::vector<int32_t> free_blocks_;  // stack; lowest ids handed out first
+  std::vector<int32_t> free_blocks_;  // stack; a fresh allocator hands out the lowest ids first
   std::vector<int32_t> ref_counts_;
   std::unordered_map<SequenceId, Sequence> sequences_;
   SequenceId next_id_ = 0;

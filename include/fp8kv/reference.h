@@ -24,7 +24,9 @@ struct RopeConfig {
   int llama3_original_max_position = 8192;
 };
 
-// [max_position, rotary_dim] float32 cos|sin table (see RopeTable), computed in float64 and rounded.
+// [max_position, rotary_dim] float32 cos|sin table (see RopeTable). inv_freq (with Llama-3 scaling)
+// and the angle position * inv_freq are float32 operations in the order Hugging Face transformers
+// performs them, so the table is the one the model runs with; cos and sin are correctly rounded.
 std::vector<float> build_rope_table(const RopeConfig& config, int max_position);
 
 namespace reference {

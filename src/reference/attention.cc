@@ -1,0 +1,184 @@
+// The reference attention: prefill (dense varlen), paged decode and paged prefill.
+//
+// All three reduce to the same step. For one (sequence, query head) the keys and values of its KV
+// head are gathered and dequantised to float64 (stored value times scale, an exact product in
+// double), then each query row attends to its visible prefix of keys with a float64 softmax
+// (max subtracted) and float64 sums; the result is rounded once to the output dtype.
+// Work items are (sequence, query head) pairs, run in parallel (detail::parallel_for).
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "fp8kv/reference.h"
+#include "reference/common.h"
+
+namespace fp8kv::reference {
+namespace {
+
+// Keys and values of one (sequence, KV head), dequantised: row j of k/v is key/value j.
+struct HeadKv {
+  int64_t length = 0;
+  int head_dim = 0;
+  std::vector<double> k, v;  // [length, head_dim]
+
+  HeadKv(int64_t length_, int head_dim_)
+      : length(length_),
+        head_dim(head_dim_),
+        k(static_cast<size_t>(length_ * head_dim_)),
+        v(static_cast<size_t>(length_ * head_dim_)) {}
+};
+
+// out[head_dim] = softmax(scale * q.K[:visible]^T) V[:visible]; all zeros when visible <= 0.
+void attend(const double* q, const HeadKv& kv, int64_t visible, double softmax_scale, double* out,
+            std::vector<double>& scores) {
+  const int d = kv.head_dim;
+  std::fill(out, out + d, 0.0);
+  if (visible <= 0) return;
+  scores.resize(static_cast<size_t>(visible));
+  double max_score = -std::numeric_limits<double>::infinity();
+  for (int64_t j = 0; j < visible; ++j) {
+    const double* k = kv.k.data() + j * d;
+    double dot = 0.0;
+    for (int c = 0; c < d; ++c) dot += q[c] * k[c];
+    scores[static_cast<size_t>(j)] = softmax_scale * dot;
+    max_score = std::max(max_score, scores[static_cast<size_t>(j)]);
+  }
+  double sum = 0.0;
+  for (int64_t j = 0; j < visible; ++j) {
+    const double p = std::exp(scores[static_cast<size_t>(j)] - max_score);
+    sum += p;
+    const double* v = kv.v.data() + j * d;
+    for (int c = 0; c < d; ++c) out[c] += p * v[c];
+  }
+  for (int c = 0; c < d; ++c) out[c] /= sum;
+}
+
+// Descale of an optional [1] / [num_kv_heads] tensor for KV head `kv_head`; undefined means 1.
+double descale(const TensorRef& t, int kv_head) {
+  if (!t.defined()) return 1.0;
+  return t.ptr<const float>()[t.size(0) == 1 ? 0 : kv_head];
+}
+
+// Gathers the first `length` tokens of a sequence from its pages, dequantised.
+HeadKv gather_paged(const PagedKvLayer& cache, const int32_t* block_table, int64_t length, int kv_head) {
+  const PagedLayout& layout = cache.layout;
+  HeadKv kv(length, layout.head_dim);
+  const bool fp8 = is_fp8(cache.dtype);
+  for (int64_t j = 0; j < length; ++j) {
+    const int64_t block = block_table[j / layout.block_size];
+    const int position = static_cast<int>(j % layout.block_size);
+    const double k_scale =
+        fp8 ? stored_scale(cache.granularity, cache.k_scale, cache.k_token_scale, layout, block, kv_head, position) : 1.0;
+    const double v_scale =
+        fp8 ? stored_scale(cache.granularity, cache.v_scale, cache.v_token_scale, layout, block, kv_head, position) : 1.0;
+    const int64_t offset = layout.token_offset(block, kv_head, position);
+    for (int c = 0; c < layout.head_dim; ++c) {
+      kv.k[static_cast<size_t>(j * layout.head_dim + c)] = detail::load(cache.k, cache.dtype, offset + c) * k_scale;
+      kv.v[static_cast<size_t>(j * layout.head_dim + c)] = detail::load(cache.v, cache.dtype, offset + c) * v_scale;
+    }
+  }
+  return kv;
+}
+
+// Loads query row `row` of head `head` ([rows, heads, d]) times its descale, as float64.
+void load_query(const TensorRef& q, int64_t row, int head, double q_scale, double* out) {
+  const int64_t heads = q.size(1), d = q.size(2);
+  const int64_t base = (row * heads + head) * d;
+  for (int64_t c = 0; c < d; ++c) out[c] = detail::load(q.data, q.dtype, base + c) * q_scale;
+}
+
+void store_row(const TensorRef& out, int64_t row, int head, const double* values) {
+  const int64_t heads = out.size(1), d = out.size(2);
+  const int64_t base = (row * heads + head) * d;
+  for (int64_t c = 0; c < d; ++c) detail::store_rounded(out.data, out.dtype, base + c, values[c]);
+}
+
+}  // namespace
+
+void paged_decode(const DecodeArgs& args) {
+  validate(args);
+  const int64_t batch = args.q.size(0);
+  const int q_heads = static_cast<int>(args.q.size(1));
+  const int group = q_heads / args.cache.layout.num_kv_heads;
+  const int d = args.cache.layout.head_dim;
+  const int64_t max_blocks = args.block_tables.size(1);
+  const int32_t* tables = args.block_tables.ptr<const int32_t>();
+  const int32_t* lens = args.seq_lens.ptr<const int32_t>();
+  detail::parallel_for(batch * q_heads, [&](int64_t item) {
+    const int64_t b = item / q_heads;
+    const int h = static_cast<int>(item % q_heads);
+    const HeadKv kv = gather_paged(args.cache, tables + b * max_blocks, lens[b], h / group);
+    std::vector<double> q(static_cast<size_t>(d)), out(static_cast<size_t>(d)), scores;
+    load_query(args.q, b, h, 1.0, q.data());
+    attend(q.data(), kv, kv.length, args.softmax_scale, out.data(), scores);
+    store_row(args.out, b, h, out.data());
+  });
+}
+
+void prefill(const PrefillArgs& args) {
+  validate(args);
+  const int64_t batch = args.cu_seqlens_q.size(0) - 1;
+  const int q_heads = static_cast<int>(args.q.size(1));
+  const int kv_heads = static_cast<int>(args.k.size(1));
+  const int group = q_heads / kv_heads;
+  const int d = static_cast<int>(args.q.size(2));
+  const int32_t* cu_q = args.cu_seqlens_q.ptr<const int32_t>();
+  const int32_t* cu_k = args.cu_seqlens_k.ptr<const int32_t>();
+  detail::parallel_for(batch * q_heads, [&](int64_t item) {
+    const int64_t b = item / q_heads;
+    const int h = static_cast<int>(item % q_heads);
+    const int kv_head = h / group;
+    const int64_t len_q = cu_q[b + 1] - cu_q[b];
+    const int64_t len_k = cu_k[b + 1] - cu_k[b];
+    HeadKv kv(len_k, d);
+    const double k_scale = descale(args.k_descale, kv_head);
+    const double v_scale = descale(args.v_descale, kv_head);
+    for (int64_t j = 0; j < len_k; ++j) {
+      const int64_t base = ((cu_k[b] + j) * kv_heads + kv_head) * d;
+      for (int c = 0; c < d; ++c) {
+        kv.k[static_cast<size_t>(j * d + c)] = detail::load(args.k.data, args.k.dtype, base + c) * k_scale;
+        kv.v[static_cast<size_t>(j * d + c)] = detail::load(args.v.data, args.v.dtype, base + c) * v_scale;
+      }
+    }
+    const double q_scale = descale(args.q_descale, kv_head);
+    std::vector<double> q(static_cast<size_t>(d)), out(static_cast<size_t>(d)), scores;
+    for (int64_t i = 0; i < len_q; ++i) {
+      // Bottom-right causal alignment: the last query sees every key.
+      const int64_t visible = args.causal ? std::min(len_k, i + (len_k - len_q) + 1) : len_k;
+      load_query(args.q, cu_q[b] + i, h, q_scale, q.data());
+      attend(q.data(), kv, visible, args.softmax_scale, out.data(), scores);
+      store_row(args.out, cu_q[b] + i, h, out.data());
+    }
+  });
+}
+
+void paged_prefill(const PagedPrefillArgs& args) {
+  validate(args);
+  const int64_t batch = args.block_tables.size(0);
+  const int q_heads = static_cast<int>(args.q.size(1));
+  const int group = q_heads / args.cache.layout.num_kv_heads;
+  const int d = args.cache.layout.head_dim;
+  const int64_t max_blocks = args.block_tables.size(1);
+  const int32_t* tables = args.block_tables.ptr<const int32_t>();
+  const int32_t* lens = args.seq_lens.ptr<const int32_t>();
+  const int32_t* cu_q = args.cu_seqlens_q.ptr<const int32_t>();
+  detail::parallel_for(batch * q_heads, [&](int64_t item) {
+    const int64_t b = item / q_heads;
+    const int h = static_cast<int>(item % q_heads);
+    const int kv_head = h / group;
+    const int64_t len_q = cu_q[b + 1] - cu_q[b];
+    if (len_q == 0) return;
+    const HeadKv kv = gather_paged(args.cache, tables + b * max_blocks, lens[b], kv_head);
+    const double q_scale = descale(args.q_descale, kv_head);
+    std::vector<double> q(static_cast<size_t>(d)), out(static_cast<size_t>(d)), scores;
+    for (int64_t i = 0; i < len_q; ++i) {
+      const int64_t visible = i + (kv.length - len_q) + 1;
+      load_query(args.q, cu_q[b] + i, h, q_scale, q.data());
+      attend(q.data(), kv, visible, args.softmax_scale, out.data(), scores);
+      store_row(args.out, cu_q[b] + i, h, out.data());
+    }
+  });
+}
+
+}  // namespace fp8kv::reference
