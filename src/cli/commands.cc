@@ -3,6 +3,7 @@
 namespace fp8kv::cli {
 
 void register_commands(CLI::App& app) {
+  register_plan(app);
   (void)app;
 }
 
