@@ -1,0 +1,197 @@
+// Device-side conversions between float and the cache's storage types: THE one place where kernels
+// turn FP8 / bf16 / fp16 bits into floats and back.
+//
+// FP8 encode is PTX `cvt.rn.satfinite.{e4m3x2,e5m2x2}.f32` (sm_89+): two floats to two codes in one
+// instruction, round-to-nearest-even with saturation to +-max and NaN kept NaN, which is exactly the
+// definition in include/fp8kv/fp8.h (tests/cuda/test_fp8_device.cu checks all 2^32 inputs). FP8
+// decode is `cvt.rn.f16x2.{e4m3x2,e5m2x2}` (exact: every E4M3 and E5M2 value is an fp16 value)
+// followed by an exact fp16 -> fp32 widening. Older architectures (sm_80) fall back to the scalar
+// definition in fp8.h, bit-identical by construction and slower.
+//
+// Storage types are the host types of half.h / fp8.h (Bf16, Fp16, Fp8E4M3, Fp8E5M2): the same
+// layout as CUDA's, and E4M3 and E5M2 stay distinct types in templates.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <cstdint>
+#include <type_traits>
+
+#include "fp8kv/fp8.h"
+#include "fp8kv/half.h"
+
+namespace fp8kv::cuda_detail {
+
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
+#define FP8KV_HW_FP8_CVT 1
+#endif
+
+// ---- FP8 <- float ------------------------------------------------------------------------------
+
+// Two floats -> two codes; `lo` lands in the low byte (lower address).
+template <typename Fp8>
+__device__ __forceinline__ uint16_t float2_to_fp8x2(float lo, float hi) {
+#if defined(FP8KV_HW_FP8_CVT)
+  uint16_t packed;
+  // PTX puts the first source operand in the upper half of the result.
+  if constexpr (std::is_same_v<Fp8, Fp8E4M3>) {
+    asm("cvt.rn.satfinite.e4m3x2.f32 %0, %1, %2;" : "=h"(packed) : "f"(hi), "f"(lo));
+  } else {
+    static_assert(std::is_same_v<Fp8, Fp8E5M2>, "FP8 storage is Fp8E4M3 or Fp8E5M2");
+    asm("cvt.rn.satfinite.e5m2x2.f32 %0, %1, %2;" : "=h"(packed) : "f"(hi), "f"(lo));
+  }
+  return packed;
+#else
+  return static_cast<uint16_t>(Fp8::from_float(lo).bits | (Fp8::from_float(hi).bits << 8));
+#endif
+}
+
+template <typename Fp8>
+__device__ __forceinline__ uint8_t float_to_fp8(float x) {
+  return static_cast<uint8_t>(float2_to_fp8x2<Fp8>(x, 0.0f) & 0xffu);
+}
+
+// Four floats -> four codes in one 32-bit word, element 0 in the low byte.
+template <typename Fp8>
+__device__ __forceinline__ uint32_t float4_to_fp8x4(float x0, float x1, float x2, float x3) {
+  return static_cast<uint32_t>(float2_to_fp8x2<Fp8>(x0, x1)) |
+         (static_cast<uint32_t>(float2_to_fp8x2<Fp8>(x2, x3)) << 16);
+}
+
+// ---- FP8 -> float ------------------------------------------------------------------------------
+
+// Two codes (low byte first) -> two fp16 values in one register, exactly.
+template <typename Fp8>
+__device__ __forceinline__ uint32_t fp8x2_to_half2_bits(uint16_t codes) {
+#if defined(FP8KV_HW_FP8_CVT)
+  uint32_t h2;
+  if constexpr (std::is_same_v<Fp8, Fp8E4M3>) {
+    asm("cvt.rn.f16x2.e4m3x2 %0, %1;" : "=r"(h2) : "h"(codes));
+  } else {
+    static_assert(std::is_same_v<Fp8, Fp8E5M2>, "FP8 storage is Fp8E4M3 or Fp8E5M2");
+    asm("cvt.rn.f16x2.e5m2x2 %0, %1;" : "=r"(h2) : "h"(codes));
+  }
+  return h2;
+#else
+  const uint32_t lo = Fp16::from_float(Fp8{static_cast<uint8_t>(codes & 0xffu)}.to_float()).bits;
+  const uint32_t hi = Fp16::from_float(Fp8{static_cast<uint8_t>(codes >> 8)}.to_float()).bits;
+  return lo | (hi << 16);
+#endif
+}
+
+template <typename Fp8>
+__device__ __forceinline__ float2 fp8x2_to_float2(uint16_t codes) {
+  const uint32_t h2 = fp8x2_to_half2_bits<Fp8>(codes);
+  return __half22float2(*reinterpret_cast<const __half2*>(&h2));
+}
+
+template <typename Fp8>
+__device__ __forceinline__ float fp8_to_float(uint8_t code) {
+  return fp8x2_to_float2<Fp8>(code).x;
+}
+
+// ---- 16-bit <-> float --------------------------------------------------------------------------
+
+// bf16 -> fp32 is a 16-bit shift: the low/high halves of a packed pair.
+__device__ __forceinline__ float2 bf16x2_to_float2(uint32_t bits) {
+  return make_float2(__uint_as_float(bits << 16), __uint_as_float(bits & 0xffff0000u));
+}
+
+__device__ __forceinline__ float2 half2_to_float2(uint32_t bits) {
+  return __half22float2(*reinterpret_cast<const __half2*>(&bits));
+}
+
+// Round-to-nearest-even packs, low element first (the same rounding as half.h's host types).
+__device__ __forceinline__ uint32_t float2_to_bf16x2(float lo, float hi) {
+  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<const uint32_t*>(&v);
+}
+
+__device__ __forceinline__ uint32_t float2_to_half2(float lo, float hi) {
+  const __half2 v = __floats2half2_rn(lo, hi);
+  return *reinterpret_cast<const uint32_t*>(&v);
+}
+
+// ---- one interface over the four storage types -------------------------------------------------
+
+// StorageTraits<T>::kPerVector elements of T fill one 16-byte vector; unpack() turns such a vector
+// into floats and pack() turns floats back into one.
+template <typename T>
+struct StorageTraits;
+
+template <>
+struct StorageTraits<Bf16> {
+  static constexpr bool kIsFp8 = false;
+  static constexpr int kPerVector = 8;
+  __device__ __forceinline__ static void unpack(const uint4& v, float (&out)[kPerVector]) {
+    const uint32_t w[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const float2 f = bf16x2_to_float2(w[i]);
+      out[2 * i] = f.x;
+      out[2 * i + 1] = f.y;
+    }
+  }
+  __device__ __forceinline__ static uint32_t pack2(float lo, float hi) { return float2_to_bf16x2(lo, hi); }
+};
+
+template <>
+struct StorageTraits<Fp16> {
+  static constexpr bool kIsFp8 = false;
+  static constexpr int kPerVector = 8;
+  __device__ __forceinline__ static void unpack(const uint4& v, float (&out)[kPerVector]) {
+    const uint32_t w[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const float2 f = half2_to_float2(w[i]);
+      out[2 * i] = f.x;
+      out[2 * i + 1] = f.y;
+    }
+  }
+  __device__ __forceinline__ static uint32_t pack2(float lo, float hi) { return float2_to_half2(lo, hi); }
+};
+
+template <typename Fp8>
+struct Fp8StorageTraits {
+  static constexpr bool kIsFp8 = true;
+  static constexpr int kPerVector = 16;
+  __device__ __forceinline__ static void unpack(const uint4& v, float (&out)[kPerVector]) {
+    const uint32_t w[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const float2 a = fp8x2_to_float2<Fp8>(static_cast<uint16_t>(w[i] & 0xffffu));
+      const float2 b = fp8x2_to_float2<Fp8>(static_cast<uint16_t>(w[i] >> 16));
+      out[4 * i] = a.x;
+      out[4 * i + 1] = a.y;
+      out[4 * i + 2] = b.x;
+      out[4 * i + 3] = b.y;
+    }
+  }
+};
+
+template <>
+struct StorageTraits<Fp8E4M3> : Fp8StorageTraits<Fp8E4M3> {};
+template <>
+struct StorageTraits<Fp8E5M2> : Fp8StorageTraits<Fp8E5M2> {};
+
+// Converts `n` (even) floats to storage type T and writes them to `dst` as 32-bit words (n/2 words
+// for 16-bit types, n/4 for FP8; `dst` aligned accordingly). `scale` divides each value first
+// (FP8 only, scales.h's convention: stored = satfinite_rne(x / scale)).
+template <typename T, int kN>
+__device__ __forceinline__ void pack_floats(const float (&x)[kN], float scale, uint32_t* dst) {
+  if constexpr (StorageTraits<T>::kIsFp8) {
+    static_assert(kN % 4 == 0, "FP8 packs whole 32-bit words of 4 codes");
+#pragma unroll
+    for (int i = 0; i < kN / 4; ++i) {
+      dst[i] = float4_to_fp8x4<T>(__fdiv_rn(x[4 * i], scale), __fdiv_rn(x[4 * i + 1], scale),
+                                  __fdiv_rn(x[4 * i + 2], scale), __fdiv_rn(x[4 * i + 3], scale));
+    }
+  } else {
+    static_assert(kN % 2 == 0, "16-bit types pack whole 32-bit words of 2 values");
+#pragma unroll
+    for (int i = 0; i < kN / 2; ++i) dst[i] = StorageTraits<T>::pack2(x[2 * i], x[2 * i + 1]);
+  }
+}
+
+}  // namespace fp8kv::cuda_detail
