@@ -8,6 +8,7 @@
 #include "fp8kv/engine/backend.h"
 #include "fp8kv/engine/sampling.h"
 #include "fp8kv/error.h"
+#include "fp8kv/fp8.h"
 #include "fp8kv/reference.h"
 
 #ifdef FP8KV_WITH_BLAS
@@ -126,6 +127,29 @@ class CpuBackend final : public Backend {
   void argmax(const TensorRef& logits, const TensorRef& out) override {
     const int64_t vocab = logits.size(1);
     for (int64_t i = 0; i < logits.size(0); ++i) out.ptr<int32_t>()[i] = engine::argmax(f32(logits) + i * vocab, vocab);
+  }
+
+  void fill_kv_random(const PagedKvLayer& layer, uint64_t seed) override {
+    const int64_t count = layer.num_blocks * layer.layout.block_elements();
+    std::mt19937_64 rng(seed);
+    std::normal_distribution<float> normal(0.0f, 1.0f);
+    for (void* pool : {layer.k, layer.v}) {
+      for (int64_t i = 0; i < count; ++i) {
+        const float x = normal(rng);
+        switch (layer.dtype) {
+          case DType::kBFloat16: static_cast<Bf16*>(pool)[i] = Bf16::from_float(x); break;
+          case DType::kFloat16: static_cast<Fp16*>(pool)[i] = Fp16::from_float(x); break;
+          case DType::kFp8E4M3: static_cast<Fp8E4M3*>(pool)[i] = Fp8E4M3::from_float(x); break;
+          case DType::kFp8E5M2: static_cast<Fp8E5M2*>(pool)[i] = Fp8E5M2::from_float(x); break;
+          default: throw InvalidArgument("layer", "not a KV storage dtype");
+        }
+      }
+    }
+    if (layer.has_token_scales()) {
+      const int64_t scales = layer.num_blocks * layer.layout.num_kv_heads * layer.layout.block_size;
+      std::fill(layer.k_token_scale, layer.k_token_scale + scales, 1.0f);
+      std::fill(layer.v_token_scale, layer.v_token_scale + scales, 1.0f);
+    }
   }
 
   void synchronize() override {}

@@ -161,6 +161,8 @@ std::vector<RequestOutput> Engine::step() {
   }
   for (int64_t i = 0; i < num_logits; ++i) {
     Request& r = *sampled[static_cast<size_t>(i)];
+    // The device argmax reports a NaN row as -1.
+    FP8KV_REQUIRE(next[static_cast<size_t>(i)] >= 0, "logits", "NaN in the next-token logits of request ", r.id);
     r.generated.push_back(next[static_cast<size_t>(i)]);
     ++stats_.generated_tokens;
   }

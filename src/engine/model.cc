@@ -283,6 +283,9 @@ void Model::forward(const StepBatch& batch, KvCache& cache, const TensorRef& log
   backend_.copy_from_host(positions, batch.positions.data());
   backend_.copy_from_host(slots, batch.slots.data());
   AttentionBatch attention;
+  attention.step = ++steps_;
+  attention.host_seq_lens = batch.seq_lens;
+  attention.host_row_seq_lens = std::move(row_lens);
   attention.num_seqs = num_seqs;
   attention.max_blocks_per_seq = mb;
   for (int32_t s = 0; s < num_seqs; ++s) {
@@ -297,7 +300,7 @@ void Model::forward(const StepBatch& batch, KvCache& cache, const TensorRef& log
   backend_.copy_from_host(attention.cu_seqlens_q, batch.cu_seqlens_q.data());
   backend_.copy_from_host(attention.seq_lens, batch.seq_lens.data());
   backend_.copy_from_host(attention.row_block_tables, row_tables.data());
-  backend_.copy_from_host(attention.row_seq_lens, row_lens.data());
+  backend_.copy_from_host(attention.row_seq_lens, attention.host_row_seq_lens.data());
 
   const int64_t h = config_.hidden_size, d = config_.head_dim, inter = config_.intermediate_size;
   const int64_t hq = config_.num_q_heads, hk = config_.num_kv_heads;

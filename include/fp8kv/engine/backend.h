@@ -51,6 +51,10 @@ struct AttentionBatch {
   // keys): the exact causal mask of the prefill, for backends that run it through the decode kernel.
   TensorRef row_block_tables;        // [total_q, max_blocks_per_seq] int32
   TensorRef row_seq_lens;            // [total_q] int32
+  // Host copies of the lengths (work partitioning is planned on the host).
+  std::vector<int32_t> host_seq_lens, host_row_seq_lens;
+  // Changes with every forward call: a backend may plan once per step and reuse it for all layers.
+  int64_t step = 0;
 };
 
 class Backend {
@@ -94,6 +98,10 @@ class Backend {
 
   // out[i] = argmax_j logits[i, j] (lowest index on ties). logits [m, vocab] float32; out [m] int32.
   virtual void argmax(const TensorRef& logits, const TensorRef& out) = 0;
+  // Fills a layer's K/V pools with valid random values (stored codes of N(0,1) values;
+  // per-token scales, when the layer has them, set to 1) for benchmarks whose cost does
+  // not depend on the values.
+  virtual void fill_kv_random(const PagedKvLayer& layer, uint64_t seed) = 0;
   // Waits for the work issued so far (a no-op on the CPU).
   virtual void synchronize() = 0;
   // Free and total device memory in bytes (for sizing the cache from a fraction of free memory).

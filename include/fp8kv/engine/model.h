@@ -75,6 +75,7 @@ class Model {
   Backend& backend_;
   int64_t max_position_ = 0;
   int64_t weight_bytes_ = 0;
+  int64_t steps_ = 0;
   DeviceTensor embed_, final_norm_, lm_head_, rope_table_;
   std::vector<Layer> layers_;
 

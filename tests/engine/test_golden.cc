@@ -1,0 +1,156 @@
+// Golden test: the engine's CPU backend against transformers on tiny random-weight checkpoints that
+// transformers itself wrote (tests/data/README.md). The golden logits are transformers' float32
+// forward over the bf16 weights; the CPU backend runs float32 too (weights converted exactly from
+// bf16), so the only difference by design is the BF16 KV cache: K and V are rounded to bf16 (a
+// relative error of at most 2^-9 each) before attention, as a bf16 serving stack stores them.
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "common/test_utils.h"
+#include "fp8kv/engine/engine.h"
+#include "fp8kv/error.h"
+
+namespace fp8kv::engine {
+namespace {
+
+const std::string kData = FP8KV_TEST_DATA_DIR;
+
+struct Golden {
+  std::vector<int32_t> input_ids;
+  std::vector<int32_t> greedy;
+  std::vector<double> margins;
+  std::vector<float> logits;  // [tokens, vocab]
+};
+
+// Reads golden.json and the one float32 tensor of golden_logits.safetensors (format: 8-byte
+// little-endian header length, JSON header, raw data).
+Golden load_golden(const std::string& dir) {
+  Golden g;
+  std::ifstream jf(dir + "/golden.json");
+  const nlohmann::json j = nlohmann::json::parse(jf);
+  g.input_ids = j.at("input_ids").get<std::vector<int32_t>>();
+  g.greedy = j.at("greedy_new_tokens").get<std::vector<int32_t>>();
+  g.margins = j.at("greedy_top2_margins").get<std::vector<double>>();
+  std::ifstream f(dir + "/" + j.at("logits_file").get<std::string>(), std::ios::binary);
+  uint64_t header_len = 0;
+  f.read(reinterpret_cast<char*>(&header_len), 8);
+  std::string header(header_len, '\0');
+  f.read(header.data(), static_cast<std::streamsize>(header_len));
+  const nlohmann::json h = nlohmann::json::parse(header);
+  const auto& t = h.at("logits");
+  EXPECT_EQ(t.at("dtype").get<std::string>(), "F32");
+  const auto offsets = t.at("data_offsets").get<std::vector<int64_t>>();
+  g.logits.resize(static_cast<size_t>(offsets[1] - offsets[0]) / sizeof(float));
+  f.seekg(static_cast<std::streamoff>(8 + header_len + static_cast<uint64_t>(offsets[0])));
+  f.read(reinterpret_cast<char*>(g.logits.data()), static_cast<std::streamsize>(offsets[1] - offsets[0]));
+  EXPECT_TRUE(f.good());
+  return g;
+}
+
+// All-position logits of `tokens` run as one prefill (or `chunk`-token chunks) over a fresh cache.
+std::vector<float> prefill_logits(Model& model, const ModelConfig& config, const std::vector<int32_t>& tokens,
+                                  DType kv_dtype, int chunk) {
+  KvCacheFormat format;
+  format.dtype = kv_dtype;
+  format.granularity = ScaleGranularity::kPerToken;
+  KvCache cache = make_kv_cache(config, format, 16, 16, model.backend().device());
+  const SequenceId seq = cache.allocator().create_sequence();
+  const int32_t n = static_cast<int32_t>(tokens.size()), vocab = config.vocab_size;
+  std::vector<float> out(static_cast<size_t>(n) * vocab);
+  for (int32_t start = 0; start < n; start += chunk) {
+    const int32_t len = std::min(chunk, n - start);
+    const AppendResult a = cache.allocator().append_tokens(seq, len);
+    StepBatch batch;
+    batch.add_sequence(std::vector<int32_t>(tokens.begin() + start, tokens.begin() + start + len), start, a.slots,
+                       cache.allocator().block_table(seq), false);
+    for (int32_t i = 0; i < len; ++i) batch.logit_rows.push_back(i);
+    batch.finalize();
+    DeviceTensor logits(model.backend().device(), DType::kFloat32, {len, vocab});
+    model.forward(batch, cache, logits.ref());
+    model.backend().copy_to_host(out.data() + static_cast<int64_t>(start) * vocab, logits.ref());
+  }
+  return out;
+}
+
+class GoldenTest : public ::testing::TestWithParam<std::string> {};
+
+// Tolerance: the BF16 cache's rounding (2^-9 relative per K/V element) moves the attention
+// outputs by about that fraction and the logits (|logit| <= 5.5) by a few 1e-3 through two
+// layers. We bound the max abs error by 2e-2 (4 bf16 ulps of the largest logit) and the
+// normalised L2 error by 2^-8 (twice bf16's unit roundoff): a wrong norm weight, RoPE variant,
+// bias or GQA mapping moves logits by O(1) and fails both by orders of magnitude.
+constexpr double kMaxAbsLogitError = 2e-2;
+constexpr double kRelativeL2Error = 1.0 / 256.0;
+
+TEST_P(GoldenTest, LogitsMatchTransformers) {
+  const std::string dir = kData + "/" + GetParam();
+  const Golden golden = load_golden(dir);
+  const ModelConfig config = load_model_config(dir);
+  const Checkpoint checkpoint = Checkpoint::open(dir);
+  auto backend = make_cpu_backend();
+  Model model(config, checkpoint, *backend);
+  for (int chunk : {static_cast<int>(golden.input_ids.size()), 5}) {
+    const std::vector<float> got = prefill_logits(model, config, golden.input_ids, DType::kBFloat16, chunk);
+    ASSERT_EQ(got.size(), golden.logits.size());
+    const double max_err = testing::max_abs_error(got, golden.logits);
+    const double rel = testing::relative_l2_error(got, golden.logits);
+    std::printf("[golden] %s chunk %d: max |logit error| %.3g, relative L2 %.3g\n", GetParam().c_str(), chunk,
+                max_err, rel);
+    EXPECT_LE(max_err, kMaxAbsLogitError);
+    EXPECT_LE(rel, kRelativeL2Error);
+  }
+}
+
+// Greedy decoding through the engine (prefill, then one decode step per token) gives
+// transformers' tokens. A step whose top-2 margin in the golden logits is below our logit error
+// bound may legitimately pick the other token; the check is teacher-forced for those, so one
+// near-tie cannot cascade.
+TEST_P(GoldenTest, GreedyDecodingMatchesTransformers) {
+  const std::string dir = kData + "/" + GetParam();
+  const Golden golden = load_golden(dir);
+  const ModelConfig config = load_model_config(dir);
+  const Checkpoint checkpoint = Checkpoint::open(dir);
+  auto backend = make_cpu_backend();
+  Model model(config, checkpoint, *backend);
+
+  // Free-running engine decode.
+  KvCacheFormat format;
+  format.dtype = DType::kBFloat16;
+  KvCache cache = make_kv_cache(config, format, 16, 16, Device::kCpu);
+  Engine engine(model, cache);
+  SamplingParams s;
+  s.max_new_tokens = static_cast<int32_t>(golden.greedy.size());
+  s.ignore_eos = true;
+  engine.add_request(golden.input_ids, s);
+  const std::vector<int32_t> generated = engine.run_to_completion()[0].tokens;
+  ASSERT_EQ(generated.size(), golden.greedy.size());
+  size_t agree = 0;
+  while (agree < generated.size() && generated[agree] == golden.greedy[agree]) ++agree;
+  std::printf("[golden] %s: free-running greedy agrees on %zu of %zu tokens\n", GetParam().c_str(), agree,
+              generated.size());
+  if (agree < generated.size()) {
+    EXPECT_LT(golden.margins[agree], 2 * kMaxAbsLogitError)
+        << "diverged at step " << agree << " where transformers' top-2 margin is " << golden.margins[agree];
+  }
+
+  // Teacher-forced: every step's argmax over the golden prefix.
+  std::vector<int32_t> tokens = golden.input_ids;
+  tokens.insert(tokens.end(), golden.greedy.begin(), golden.greedy.end() - 1);
+  const std::vector<float> logits = prefill_logits(model, config, tokens, DType::kBFloat16, 16);
+  const int64_t vocab = config.vocab_size;
+  for (size_t i = 0; i < golden.greedy.size(); ++i) {
+    const int64_t row = static_cast<int64_t>(golden.input_ids.size() + i) - 1;
+    const int32_t pick = argmax(logits.data() + row * vocab, vocab);
+    if (golden.margins[i] >= 2 * kMaxAbsLogitError) {
+      EXPECT_EQ(pick, golden.greedy[i]) << "step " << i << ", margin " << golden.margins[i];
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Checkpoints, GoldenTest, ::testing::Values("tiny-qwen3", "tiny-llama"));
+
+}  // namespace
+}  // namespace fp8kv::engine
