@@ -30,6 +30,7 @@ from ._ext import (
     KvPlan,
     ModelShape,
     Unsupported,
+    check_errors,
     cuda_available,
     kv_cache_dtype_name,
     model_preset,
@@ -42,6 +43,7 @@ from ._ext import (
 
 __all__ = [
     "CacheFullError",
+    "DecodePlan",
     "Error",
     "FileError",
     "InvalidArgument",
@@ -50,6 +52,7 @@ __all__ = [
     "ModelShape",
     "Unsupported",
     "amax",
+    "check_errors",
     "cuda_available",
     "dequantize",
     "kv_cache_dtype_name",
@@ -61,6 +64,7 @@ __all__ = [
     "plan_kv_cache",
     "prefill",
     "quantize",
+    "quantize_heads",
     "resolve_model_shape",
     "rope_quantize",
     "rope_table",
@@ -305,12 +309,63 @@ def paged_decode(
     """One query token per sequence against its pages: ``q [batch, num_q_heads, head_dim]``,
     ``block_tables [batch, max_blocks] int32``, ``seq_lens [batch] int32``. Returns ``out``
     (same shape and dtype as q; allocated in q's framework unless given). GQA: num_q_heads must
-    be a multiple of the cache's num_kv_heads. ``softmax_scale`` defaults to 1/sqrt(head_dim)."""
+    be a multiple of the cache's num_kv_heads. ``softmax_scale`` defaults to 1/sqrt(head_dim).
+    On CUDA this plans and runs in one call, reading ``seq_lens`` on the host (a synchronisation
+    when they live on the device); in a decoding loop or a CUDA graph use :class:`DecodePlan`."""
     if out is None:
         out = _empty(q, tuple(q.shape), _dtype_name(q))
     _ext.paged_decode(cache, layer, q, block_tables, seq_lens, out,
                       _softmax_scale(q.shape[-1], softmax_scale), _stream(q, stream))
     return out
+
+
+class DecodePlan:
+    """Paged decode, planned once and run many times (the way to decode in a loop).
+
+    The plan fixes the batch's shapes, the cache format and the split-KV work partition, computed
+    from the sequence lengths (read on the host: a torch CUDA tensor is copied once, here). On CUDA,
+    :meth:`run` neither allocates nor synchronises, so it can be captured in a CUDA graph and the
+    graph replayed while the sequences grow by up to ``headroom_tokens``. One plan serves every
+    layer (the partition depends on lengths only). On the CPU, run() is the reference.
+    """
+
+    def __init__(self, q: Any, cache: KvCache, layer: int, block_tables: Any, seq_lens: Any, out: Any = None,
+                 headroom_tokens: int = 0, max_splits: int = 0):
+        if out is None:
+            out = _empty(q, tuple(q.shape), _dtype_name(q))
+        host_lens = [int(n) for n in seq_lens.tolist()]
+        self._plan = _ext.DecodePlan(cache, layer, q, block_tables, seq_lens, out, host_lens, headroom_tokens,
+                                     max_splits)
+
+    def run(self, q: Any, cache: KvCache, layer: int, block_tables: Any, seq_lens: Any, out: Any = None,
+            softmax_scale: Optional[float] = None, stream: Any = None) -> Any:
+        """Decode attention for one layer; returns ``out`` (allocated in q's framework if None;
+        pass a preallocated ``out`` inside CUDA graph capture)."""
+        if out is None:
+            out = _empty(q, tuple(q.shape), _dtype_name(q))
+        self._plan.run(cache, layer, q, block_tables, seq_lens, out, _softmax_scale(q.shape[-1], softmax_scale),
+                       _stream(q, stream))
+        return out
+
+    @property
+    def batch(self) -> int:
+        return self._plan.batch
+
+    @property
+    def chunk_tokens(self) -> Optional[int]:
+        """Keys per split (CUDA plans; None on the CPU)."""
+        return self._plan.chunk_tokens
+
+    @property
+    def num_work_items(self) -> Optional[int]:
+        return self._plan.num_work_items
+
+    @property
+    def workspace_bytes(self) -> Optional[int]:
+        return self._plan.workspace_bytes
+
+    def num_splits(self, sequence: int) -> Optional[int]:
+        return self._plan.num_splits(sequence)
 
 
 def prefill(
@@ -399,30 +454,45 @@ def rope_quantize(
     return q_out, q_scale
 
 
-def quantize(
-    x: Any,
-    scales: Any,
-    kv_scales: str = "per_tensor",
-    fp8_dtype: str = "fp8_e4m3",
-    out: Any = None,
-    incoherent_processing: bool = False,
-    hadamard_seed: int = _DEFAULT_HADAMARD_SEED,
-    stream: Any = None,
-) -> Any:
-    """``out = fp8(x / scale)`` for ``x [num_tokens, num_heads, head_dim]``.
-
-    Host arrays (the CPU reference): ``kv_scales`` is ``per_tensor`` (scales ``[1]``),
-    ``per_head`` (``[num_heads]``) or ``per_token`` (``[num_tokens, num_heads]``, computed and
-    written here); returns uint8 codes (NumPy) of ``fp8_dtype``.
-    CUDA tensors: ``kv_scales="per_head_group"``, E4M3, scales ``[num_groups]`` (``num_heads %
-    num_groups == 0``), optionally Hadamard-rotated first; feeds :func:`prefill` from bf16."""
+def quantize(x: Any, scales: Any, kv_scales: str = "per_tensor", fp8_dtype: str = "fp8_e4m3",
+             out: Any = None) -> Any:
+    """CPU reference: ``out = fp8(x / scale)`` for ``x [num_tokens, num_heads, head_dim]``, with
+    ``kv_scales`` ``per_tensor`` (scales ``[1]``), ``per_head`` (``[num_heads]``) or
+    ``per_token`` (``[num_tokens, num_heads]``, computed from each row's amax and written into
+    ``scales``). Returns the codes (uint8 for NumPy, float8 for torch). On CUDA use
+    :func:`quantize_heads`."""
     if out is None:
-        fmt = _ext.kv_cache_dtype_name(fp8_dtype)
-        torch_name = {"fp8_e4m3": "float8_e4m3fn", "fp8_e5m2": "float8_e5m2"}.get(fmt, fmt)
-        out = _empty(x, tuple(x.shape), torch_name if _framework(x) == "torch" else "uint8")
+        out = _empty(x, tuple(x.shape), _fp8_storage_name(x, fp8_dtype))
     (out_bytes,), fmt = _fp8_input((out,), fp8_dtype, ("out",))
-    _ext.quantize(x, out_bytes, kv_scales, scales, fmt, incoherent_processing, hadamard_seed, _stream(x, stream))
+    _ext.quantize(x, out_bytes, kv_scales, scales, fmt)
     return out
+
+
+def quantize_heads(x: Any, num_groups: int = 1, out: Any = None, scale: Any = None,
+                   incoherent_processing: bool = False, hadamard_seed: int = _DEFAULT_HADAMARD_SEED,
+                   stream: Any = None) -> Tuple[Any, Any]:
+    """CUDA: bf16 ``x [num_tokens, num_heads, head_dim]`` -> FP8 E4M3 with one scale per group of
+    heads, computed on the device (``scale[g] = max(amax of the group, 1e-6) / 448``), optionally
+    after the random-sign Hadamard rotation (``incoherent_processing``; rotate q and k with the
+    same seed). Feeds :func:`prefill` from bf16 activations. Returns ``(out, scale)``: out
+    float8_e4m3fn, scale float32 ``[num_groups]`` (the descale for prefill)."""
+    if out is None:
+        out = _empty(x, tuple(x.shape), "float8_e4m3fn")
+    if scale is None:
+        scale = _empty(x, (num_groups,), "float32")
+    (out_bytes,), _ = _fp8_input((out,), "fp8_e4m3", ("out",))
+    _ext.quantize_heads(x, out_bytes, scale, incoherent_processing, hadamard_seed, _stream(x, stream))
+    return out, scale
+
+
+def _fp8_storage_name(like: Any, fp8_dtype: str) -> str:
+    """The array dtype that holds `fp8_dtype` codes in `like`'s framework."""
+    name = _ext.kv_cache_dtype_name(fp8_dtype)
+    if name not in ("fp8_e4m3", "fp8_e5m2"):
+        raise InvalidArgument(f"fp8kv: argument 'fp8_dtype': must name an FP8 format, got {fp8_dtype!r}")
+    if _framework(like) != "torch":
+        return "uint8"
+    return "float8_e4m3fn" if name == "fp8_e4m3" else "float8_e5m2"
 
 
 def dequantize(x: Any, scales: Any, kv_scales: str = "per_tensor", fp8_dtype: Optional[str] = None,

@@ -82,9 +82,5 @@ NB_MODULE(_ext, m) {
   fp8kv::python::bind_planner(m);
   fp8kv::python::bind_cache(m);
   fp8kv::python::bind_ops(m);
-#if defined(FP8KV_WITH_CUDA)
-  m.attr("cuda_available") = true;
-#else
-  m.attr("cuda_available") = false;
-#endif
+  fp8kv::python::bind_decode_plan(m);
 }

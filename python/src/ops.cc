@@ -27,6 +27,7 @@
 #include "fp8kv/scales.h"
 
 #if defined(FP8KV_WITH_CUDA)
+#include "fp8kv/cuda.h"
 #include "fp8kv/cuda_prefill.h"
 #endif
 
@@ -74,8 +75,12 @@ void write_kv(PyKvCache& cache, int layer, const Array& key, const Array& value,
     reference::write_kv_cache(args);
     return;
   }
+#if defined(FP8KV_WITH_CUDA)
+  cuda::write_kv_cache(args, as_stream(stream));
+#else
   (void)stream;
   no_cuda_build("write_kv");
+#endif
 }
 
 void paged_decode(PyKvCache& cache, int layer, const Array& q, const Array& block_tables, const Array& seq_lens,
@@ -93,8 +98,12 @@ void paged_decode(PyKvCache& cache, int layer, const Array& q, const Array& bloc
     reference::paged_decode(args);
     return;
   }
+#if defined(FP8KV_WITH_CUDA)
+  cuda::paged_decode(args, as_stream(stream));
+#else
   (void)stream;
   no_cuda_build("paged_decode");
+#endif
 }
 
 void prefill(const Array& q, const Array& k, const Array& v, const Array& cu_seqlens_q, const Array& cu_seqlens_k,
@@ -190,25 +199,30 @@ void rope_quantize(PyKvCache& cache, int layer, const Array& q, const Array& k, 
 }
 
 void quantize(const Array& x, const Array& out, const std::string& kv_scales, const Array& scales,
-              const std::string& fp8_dtype, bool incoherent_processing, uint64_t hadamard_seed, uintptr_t stream) {
+              const std::string& fp8_dtype) {
   const TensorRef xt = to_tensor(x, "x");
   const TensorRef ot = to_tensor(out, "out", parse_fp8_dtype(fp8_dtype));
   const TensorRef st = to_tensor(scales, "scales");
-  if (!runs_on_cuda(xt, "x")) {
-    FP8KV_REQUIRE(!incoherent_processing, "incoherent_processing", "the Hadamard rotation runs on CUDA only");
-    const ScaleGranularity g = parse_scale_granularity(kv_scales, "kv_scales");
-    nb::gil_scoped_release release;
-    reference::quantize(xt, ot, g, st);
-    return;
-  }
+  FP8KV_REQUIRE(!runs_on_cuda(xt, "x"), "x",
+                "quantize is the CPU reference's; on CUDA use quantize_heads (scales computed on the device)");
+  const ScaleGranularity g = parse_scale_granularity(kv_scales, "kv_scales");
+  nb::gil_scoped_release release;
+  reference::quantize(xt, ot, g, st);
+}
+
+void quantize_heads(const Array& x, const Array& out, const Array& scale, bool incoherent_processing,
+                    uint64_t hadamard_seed, uintptr_t stream) {
+  const TensorRef xt = to_tensor(x, "x");
+  const TensorRef ot = to_tensor(out, "out", DType::kFp8E4M3);
+  const TensorRef st = to_tensor(scale, "scale");
+  FP8KV_REQUIRE(runs_on_cuda(xt, "x"), "x",
+                "quantize_heads runs on CUDA tensors; on the CPU use quantize (the reference)");
 #if defined(FP8KV_WITH_CUDA)
-  FP8KV_REQUIRE(kv_scales == "per_head_group", "kv_scales",
-                "on CUDA, quantize computes one scale per group of heads ('per_head_group'), got '", kv_scales, "'");
   nb::gil_scoped_release release;
   cuda::quantize_heads(xt, ot, st, incoherent_processing, hadamard_seed, as_stream(stream));
 #else
-  (void)incoherent_processing, (void)hadamard_seed, (void)stream;
-  no_cuda_build("quantize");
+  (void)ot, (void)st, (void)incoherent_processing, (void)hadamard_seed, (void)stream;
+  no_cuda_build("quantize_heads");
 #endif
 }
 
@@ -283,7 +297,9 @@ void bind_ops(nb::module_& m) {
         nb::arg("q_scale"), nb::arg("incoherent_processing") = false, nb::arg("hadamard_seed") = 0x5eed5eedull,
         nb::arg("stream") = 0);
   m.def("quantize", &quantize, nb::arg("x"), nb::arg("out"), nb::arg("kv_scales"), nb::arg("scales"),
-        nb::arg("fp8_dtype") = "fp8_e4m3", nb::arg("incoherent_processing") = false, nb::arg("hadamard_seed") = 0x5eed5eedull, nb::arg("stream") = 0);
+        nb::arg("fp8_dtype"));
+  m.def("quantize_heads", &quantize_heads, nb::arg("x"), nb::arg("out"), nb::arg("scale"),
+        nb::arg("incoherent_processing") = false, nb::arg("hadamard_seed") = 0x5eed5eedull, nb::arg("stream") = 0);
   m.def("dequantize", &dequantize, nb::arg("x"), nb::arg("out"), nb::arg("kv_scales"), nb::arg("scales"),
         nb::arg("fp8_dtype"));
   m.def("amax", &amax, nb::arg("x"), nb::arg("per_head") = false);
