@@ -60,28 +60,31 @@ class CpuBackend final : public Backend {
     }
   }
 
+  // One matrix-vector product per row (sgemv): every row goes through the same BLAS call whatever
+  // the batch. OpenBLAS's sgemm picks kernels, and with them the accumulation order, by matrix size
+  // and by a row's position in its tile, so a row's logits would otherwise depend on which other
+  // requests share its step, and the engine promises a request the tokens it gets alone. The cost:
+  // the weights are streamed once per row, acceptable for the CPU backend's role (the oracle and
+  // small models).
   void linear(const TensorRef& x, const TensorRef& w, const TensorRef& bias, const TensorRef& out) override {
     const int64_t m = x.numel() / x.size(-1), k = x.size(-1), n = w.size(0);
-    const float* a = f32(x);
     const float* b = f32(w);
-    float* c = f32(out);
+    for (int64_t row = 0; row < m; ++row) {
+      const float* a = f32(x) + row * k;
+      float* c = f32(out) + row * n;
 #ifdef FP8KV_WITH_BLAS
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(m), static_cast<int>(n),
-                static_cast<int>(k), 1.0f, a, static_cast<int>(k), b, static_cast<int>(k), 0.0f, c,
-                static_cast<int>(n));
+      cblas_sgemv(CblasRowMajor, CblasNoTrans, static_cast<int>(n), static_cast<int>(k), 1.0f, b, static_cast<int>(k),
+                  a, 1, 0.0f, c, 1);
 #else
-    // Without BLAS (CMake found none) the same product as a plain float32 loop: slow, same math.
-    for (int64_t i = 0; i < m; ++i) {
+      // Without BLAS (CMake found none) the same product as a plain float32 loop: slow, same math.
       for (int64_t j = 0; j < n; ++j) {
         float acc = 0.0f;
-        for (int64_t p = 0; p < k; ++p) acc += a[i * k + p] * b[j * k + p];
-        c[i * n + j] = acc;
+        for (int64_t p = 0; p < k; ++p) acc += a[p] * b[j * k + p];
+        c[j] = acc;
       }
-    }
 #endif
-    if (bias.defined()) {
-      for (int64_t i = 0; i < m; ++i) {
-        for (int64_t j = 0; j < n; ++j) c[i * n + j] += f32(bias)[j];
+      if (bias.defined()) {
+        for (int64_t j = 0; j < n; ++j) c[j] += f32(bias)[j];
       }
     }
   }

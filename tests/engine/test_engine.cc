@@ -143,9 +143,10 @@ TEST(ModelTest, ChunkedPrefillAndDecodeMatchWholePrefill) {
     return last;
   };
   const std::vector<float> whole = run(41), chunks = run(7), decode = run(1);
-  // Same float32 arithmetic per row; only the GEMM's blocking may differ with the row count.
-  EXPECT_LT(testing::relative_l2_error(chunks, whole), 1e-5);
-  EXPECT_LT(testing::relative_l2_error(decode, whole), 1e-5);
+  // The CPU backend is batch-invariant (fixed GEMM tiles, per-row norms, float64 attention per
+  // query row): the same token gets the same logits whatever else shares its step.
+  EXPECT_EQ(chunks, whole);
+  EXPECT_EQ(decode, whole);
 }
 
 TEST(EngineTest, RejectsRequestsThatCannotFit) {
