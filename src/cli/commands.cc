@@ -4,6 +4,8 @@ namespace fp8kv::cli {
 
 void register_commands(CLI::App& app) {
   register_plan(app);
+  register_bench(app);
+  register_run(app);
   (void)app;
 }
 
