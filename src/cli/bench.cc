@@ -6,6 +6,7 @@ namespace fp8kv::cli {
 void register_bench(CLI::App& app) {
   CLI::App* bench = app.add_subcommand("bench", "Benchmarks against the ceilings and peers measured in the same run");
   bench->require_subcommand(1);
+  register_bench_decode(*bench);
   (void)bench;
 }
 

@@ -1,0 +1,325 @@
+// `fp8kv bench decode`: paged decode attention on the GPU, BF16 storage vs FP8 E4M3 (per-tensor,
+// per-head, per-token scales), against the GPU's read bandwidth and PyTorch SDPA (flash backend,
+// contiguous BF16 cache) measured in the same run. Prints a table; --json writes every number.
+#include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
+
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <ctime>
+#include <fstream>
+#include <iomanip>
+#include <iostream>
+#include <map>
+#include <memory>
+#include <sstream>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "cli/commands.h"
+#include "fp8kv/error.h"
+
+#if defined(FP8KV_WITH_CUDA)
+#include <cuda_runtime.h>
+
+#include "cuda/bench_support.h"
+#include "cuda/cuda_check.h"
+#include "fp8kv/cuda.h"
+#endif
+
+namespace fp8kv::cli {
+namespace {
+
+struct Shape {
+  std::string name;
+  int num_q_heads;
+  int num_kv_heads;
+  int head_dim;
+};
+
+const Shape kShapes[] = {{"llama-3.1-8b", 32, 8, 128}, {"qwen3-0.6b", 16, 8, 128}};
+
+struct Options {
+  std::string json_path;
+  std::vector<int> batches = {1, 8, 32, 128};
+  std::vector<int> contexts = {1024, 4096, 16384, 65536, 131072};
+  std::vector<int> block_sizes = {16, 64};
+  std::vector<std::string> shapes = {"llama-3.1-8b", "qwen3-0.6b"};
+  int repeats = 30;
+  bool peers = true;
+  std::string peers_script = "bench/decode_peers.py";
+  double memory_fraction = 0.8;  // of free device memory one configuration may use
+};
+
+// Variants measured for every point, in table order.
+struct Variant {
+  const char* name;
+  DType storage;
+  ScaleGranularity granularity;
+};
+const Variant kVariants[] = {{"bf16", DType::kBFloat16, ScaleGranularity::kPerTensor},
+                             {"fp8_tensor", DType::kFp8E4M3, ScaleGranularity::kPerTensor},
+                             {"fp8_head", DType::kFp8E4M3, ScaleGranularity::kPerHead},
+                             {"fp8_token", DType::kFp8E4M3, ScaleGranularity::kPerToken}};
+
+// KV bytes one decode step reads: K and V of every token, plus the scales it must load.
+double kv_bytes(const Shape& s, int batch, int context, const Variant& v) {
+  const double tokens = static_cast<double>(batch) * context;
+  double bytes = 2.0 * tokens * s.num_kv_heads * s.head_dim * static_cast<double>(dtype_size(v.storage));
+  if (is_fp8(v.storage)) {
+    if (v.granularity == ScaleGranularity::kPerToken) bytes += 2.0 * tokens * s.num_kv_heads * sizeof(float);
+    if (v.granularity == ScaleGranularity::kPerHead) bytes += 2.0 * s.num_kv_heads * sizeof(float);
+    if (v.granularity == ScaleGranularity::kPerTensor) bytes += 2.0 * sizeof(float);
+  }
+  return bytes;
+}
+
+#if defined(FP8KV_WITH_CUDA)
+
+struct DeviceAlloc {
+  void* ptr = nullptr;
+  explicit DeviceAlloc(size_t bytes) {
+    if (bytes > 0) FP8KV_CUDA_CHECK(cudaMalloc(&ptr, bytes));
+  }
+  ~DeviceAlloc() {
+    if (ptr != nullptr) cudaFree(ptr);
+  }
+  DeviceAlloc(const DeviceAlloc&) = delete;
+  DeviceAlloc& operator=(const DeviceAlloc&) = delete;
+  template <typename T>
+  T* as() const {
+    return static_cast<T*>(ptr);
+  }
+};
+
+// Median microseconds of one decode step (plan made once, run timed, L2 flushed before each run).
+double time_fp8kv(const Shape& s, int batch, int context, int block_size, const Variant& v, int repeats) {
+  const int64_t blocks_per_seq = (context + block_size - 1) / block_size;
+  const int64_t num_blocks = blocks_per_seq * batch;
+  PagedKvLayer cache;
+  cache.layout = PagedLayout{s.num_kv_heads, block_size, s.head_dim};
+  cache.num_blocks = num_blocks;
+  cache.dtype = v.storage;
+  cache.granularity = v.granularity;
+  cache.device = Device::kCuda;
+  const size_t pool_elems = static_cast<size_t>(num_blocks * cache.layout.block_elements());
+  DeviceAlloc k(pool_elems * dtype_size(v.storage)), vpool(pool_elems * dtype_size(v.storage));
+  cuda_bench::fill_random(k.ptr, v.storage, pool_elems, 1);
+  cuda_bench::fill_random(vpool.ptr, v.storage, pool_elems, 2);
+  cache.k = k.ptr;
+  cache.v = vpool.ptr;
+  const bool per_token = is_fp8(v.storage) && v.granularity == ScaleGranularity::kPerToken;
+  const size_t token_scales = per_token ? static_cast<size_t>(num_blocks) * s.num_kv_heads * block_size : 0;
+  DeviceAlloc kts(token_scales * sizeof(float)), vts(token_scales * sizeof(float));
+  DeviceAlloc static_scales(2 * static_cast<size_t>(s.num_kv_heads) * sizeof(float));
+  if (per_token) {
+    cuda_bench::fill_uniform(kts.as<float>(), token_scales, 0.002f, 0.02f, 3);
+    cuda_bench::fill_uniform(vts.as<float>(), token_scales, 0.002f, 0.02f, 4);
+    cache.k_token_scale = kts.as<float>();
+    cache.v_token_scale = vts.as<float>();
+  } else if (is_fp8(v.storage)) {
+    cuda_bench::fill_uniform(static_scales.as<float>(), 2 * static_cast<size_t>(s.num_kv_heads), 0.002f, 0.02f, 5);
+    cache.k_scale = static_scales.as<float>();
+    cache.v_scale = static_scales.as<float>() + s.num_kv_heads;
+  }
+
+  // Each sequence owns a contiguous run of blocks, in a shuffled order across sequences.
+  std::vector<int32_t> table(static_cast<size_t>(num_blocks));
+  std::vector<int32_t> order(static_cast<size_t>(batch));
+  for (int b = 0; b < batch; ++b) order[static_cast<size_t>(b)] = (b * 7919) % batch;
+  for (int b = 0; b < batch; ++b) {
+    for (int64_t i = 0; i < blocks_per_seq; ++i) {
+      table[static_cast<size_t>(b * blocks_per_seq + i)] =
+          static_cast<int32_t>(order[static_cast<size_t>(b)] * blocks_per_seq + i);
+    }
+  }
+  const std::vector<int32_t> lens(static_cast<size_t>(batch), context);
+  DeviceAlloc d_table(table.size() * sizeof(int32_t)), d_lens(lens.size() * sizeof(int32_t));
+  FP8KV_CUDA_CHECK(cudaMemcpy(d_table.ptr, table.data(), table.size() * sizeof(int32_t), cudaMemcpyHostToDevice));
+  FP8KV_CUDA_CHECK(cudaMemcpy(d_lens.ptr, lens.data(), lens.size() * sizeof(int32_t), cudaMemcpyHostToDevice));
+  const size_t q_elems = static_cast<size_t>(batch) * s.num_q_heads * s.head_dim;
+  DeviceAlloc q(q_elems * 2), out(q_elems * 2);
+  cuda_bench::fill_random(q.ptr, DType::kBFloat16, q_elems, 6);
+
+  DecodeArgs args;
+  args.q = TensorRef(q.ptr, DType::kBFloat16, {batch, s.num_q_heads, s.head_dim}, Device::kCuda);
+  args.cache = cache;
+  args.block_tables = TensorRef(d_table.ptr, DType::kInt32, {batch, blocks_per_seq}, Device::kCuda);
+  args.seq_lens = TensorRef(d_lens.ptr, DType::kInt32, {batch}, Device::kCuda);
+  args.out = TensorRef(out.ptr, DType::kBFloat16, {batch, s.num_q_heads, s.head_dim}, Device::kCuda);
+  args.softmax_scale = 1.0f / std::sqrt(static_cast<float>(s.head_dim));
+  const cuda::DecodePlan plan(args, lens);
+  const double us = cuda_bench::time_median_us([&] { plan.run(args); }, 3, repeats);
+  cuda::check_errors();
+  return us;
+}
+
+// Runs bench/decode_peers.py over the points; returns (shape, batch, context) -> SDPA µs.
+std::map<std::tuple<std::string, int, int>, double> run_peers(const Options& o,
+                                                              const std::vector<std::tuple<Shape, int, int>>& points,
+                                                              std::string* status) {
+  std::map<std::tuple<std::string, int, int>, double> result;
+  if (std::system("python3 -c 'import torch' > /dev/null 2>&1") != 0) {
+    *status = "skipped: python3 with torch not importable";
+    return result;
+  }
+  nlohmann::json request = nlohmann::json::array();
+  for (const auto& [s, batch, context] : points) {
+    request.push_back({{"shape", s.name}, {"num_q_heads", s.num_q_heads}, {"num_kv_heads", s.num_kv_heads},
+                       {"head_dim", s.head_dim}, {"batch", batch}, {"context", context}});
+  }
+  const std::string request_path = "/tmp/fp8kv_decode_peers_request.json";
+  std::ofstream(request_path) << request.dump();
+  const std::string command = "python3 " + o.peers_script + " --request " + request_path;
+  FILE* pipe = popen(command.c_str(), "r");
+  if (pipe == nullptr) {
+    *status = "failed: could not start " + command;
+    return result;
+  }
+  std::string output;
+  char buffer[4096];
+  while (fgets(buffer, sizeof(buffer), pipe) != nullptr) output += buffer;
+  const int rc = pclose(pipe);
+  if (rc != 0) {
+    *status = "failed: " + command + " exited with " + std::to_string(rc);
+    return result;
+  }
+  const nlohmann::json reply = nlohmann::json::parse(output.substr(output.find('{')));
+  for (const auto& r : reply["results"]) {
+    if (r.contains("us") && !r["us"].is_null()) {
+      result[{r["shape"].get<std::string>(), r["batch"].get<int>(), r["context"].get<int>()}] = r["us"].get<double>();
+    }
+  }
+  *status = "ok: " + reply.value("backend", std::string("sdpa")) + ", torch " + reply.value("torch", std::string("?"));
+  return result;
+}
+
+void run_bench(const Options& o) {
+  if (!cuda::available()) throw Unsupported("bench decode needs a CUDA device");
+  std::vector<Shape> shapes;
+  for (const auto& name : o.shapes) {
+    bool found = false;
+    for (const Shape& s : kShapes) {
+      if (s.name == name) {
+        shapes.push_back(s);
+        found = true;
+      }
+    }
+    FP8KV_REQUIRE(found, "--shapes", "unknown shape '", name, "' (llama-3.1-8b, qwen3-0.6b)");
+  }
+
+  // Points whose BF16 cache fits: the ratios need both storages.
+  const size_t budget = static_cast<size_t>(static_cast<double>(cuda_bench::device_free_bytes()) * o.memory_fraction);
+  std::vector<std::tuple<Shape, int, int>> points;
+  std::vector<std::tuple<Shape, int, int>> skipped;
+  for (const Shape& s : shapes) {
+    for (int batch : o.batches) {
+      for (int context : o.contexts) {
+        const double bytes = kv_bytes(s, batch, context, kVariants[0]) * 1.02;
+        (bytes < static_cast<double>(budget) ? points : skipped).emplace_back(s, batch, context);
+      }
+    }
+  }
+
+  nlohmann::json j;
+  j["benchmark"] = "decode";
+  j["gpu"] = cuda_bench::device_name();
+  {
+    const std::time_t now = std::time(nullptr);
+    char date[32];
+    std::strftime(date, sizeof(date), "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&now));
+    j["date"] = date;
+  }
+  const double read_gbs = cuda_bench::measure_read_bandwidth_gbs(size_t{4} << 30, 20);
+  j["read_bandwidth_gbs"] = read_gbs;
+  j["method"] = "CUDA events, median of " + std::to_string(o.repeats) +
+                " single runs, 256 MiB L2 flush before each; plan computed once outside the timing; q bf16, "
+                "out bf16; effective bandwidth = K+V bytes (+ scales) / time";
+  std::cerr << "read bandwidth: " << read_gbs << " GB/s\n";
+
+  std::string peer_status = "disabled (--no-peers)";
+  std::map<std::tuple<std::string, int, int>, double> sdpa;
+  if (o.peers) sdpa = run_peers(o, points, &peer_status);
+  j["sdpa_peer"] = peer_status;
+  std::cerr << "SDPA peer: " << peer_status << "\n";
+
+  nlohmann::json rows = nlohmann::json::array();
+  std::ostringstream table;
+  table << "| shape | block | batch | context | bf16 µs | fp8 tensor µs | fp8 head µs | fp8 token µs | SDPA bf16 µs | "
+           "fp8 tensor GB/s | % of read BW | fp8/bf16 | fp8/SDPA | token/tensor |\n"
+        << "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
+  for (const auto& [s, batch, context] : points) {
+    for (int block_size : o.block_sizes) {
+      nlohmann::json row = {{"shape", s.name},     {"num_q_heads", s.num_q_heads}, {"num_kv_heads", s.num_kv_heads},
+                            {"head_dim", s.head_dim}, {"batch", batch},           {"context", context},
+                            {"block_size", block_size}};
+      std::map<std::string, double> us;
+      for (const Variant& v : kVariants) {
+        const double t = time_fp8kv(s, batch, context, block_size, v, o.repeats);
+        const double gbs = kv_bytes(s, batch, context, v) / (t * 1e-6) / 1e9;
+        us[v.name] = t;
+        row[v.name] = {{"us", t}, {"kv_bytes", kv_bytes(s, batch, context, v)}, {"gbs", gbs},
+                       {"percent_of_read_bw", 100.0 * gbs / read_gbs}};
+      }
+      const auto peer = sdpa.find({s.name, batch, context});
+      const double sdpa_us = peer != sdpa.end() ? peer->second : 0.0;
+      if (sdpa_us > 0) row["sdpa_bf16_us"] = sdpa_us;
+      row["fp8_over_bf16"] = us["fp8_tensor"] / us["bf16"];
+      if (sdpa_us > 0) row["fp8_over_sdpa"] = us["fp8_tensor"] / sdpa_us;
+      row["token_over_tensor"] = us["fp8_token"] / us["fp8_tensor"];
+      rows.push_back(row);
+      const double gbs = row["fp8_tensor"]["gbs"].get<double>();
+      table << std::fixed << std::setprecision(1) << "| " << s.name << " | " << block_size << " | " << batch << " | "
+            << context << " | " << us["bf16"] << " | " << us["fp8_tensor"] << " | " << us["fp8_head"] << " | "
+            << us["fp8_token"] << " | ";
+      if (sdpa_us > 0) table << sdpa_us; else table << "-";
+      table << " | " << std::setprecision(0) << gbs << " | " << std::setprecision(1) << 100.0 * gbs / read_gbs
+            << " | " << std::setprecision(2) << us["fp8_tensor"] / us["bf16"] << " | ";
+      if (sdpa_us > 0) table << us["fp8_tensor"] / sdpa_us; else table << "-";
+      table << " | " << us["fp8_token"] / us["fp8_tensor"] << " |\n";
+      std::cerr << "done " << s.name << " block " << block_size << " batch " << batch << " context " << context << "\n";
+    }
+  }
+  nlohmann::json skipped_json = nlohmann::json::array();
+  for (const auto& [s, batch, context] : skipped) {
+    skipped_json.push_back({{"shape", s.name}, {"batch", batch}, {"context", context}, {"reason", "BF16 cache does not fit"}});
+  }
+  j["points"] = rows;
+  j["skipped"] = skipped_json;
+  std::cout << "GPU: " << j["gpu"].get<std::string>() << ", read bandwidth " << std::fixed << std::setprecision(0)
+            << read_gbs << " GB/s, SDPA peer: " << peer_status << "\n\n"
+            << table.str();
+  if (!o.json_path.empty()) {
+    std::ofstream f(o.json_path);
+    FP8KV_REQUIRE(f.good(), "--json", "cannot write '", o.json_path, "'");
+    f << j.dump(2) << "\n";
+  }
+}
+
+#else
+
+void run_bench(const Options&) {
+  throw Unsupported("bench decode needs a build with CUDA (configure with -DFP8KV_CUDA=ON)");
+}
+
+#endif
+
+}  // namespace
+
+void register_bench_decode(CLI::App& bench) {
+  auto options = std::make_shared<Options>();
+  CLI::App* cmd = bench.add_subcommand("decode", "Paged decode attention: BF16 vs FP8 storage vs read bandwidth and SDPA");
+  cmd->add_option("--json", options->json_path, "Write all results as JSON to this file");
+  cmd->add_option("--batches", options->batches, "Batch sizes")->capture_default_str();
+  cmd->add_option("--contexts", options->contexts, "Context lengths (keys per sequence)")->capture_default_str();
+  cmd->add_option("--block-sizes", options->block_sizes, "Paged-cache block sizes")->capture_default_str();
+  cmd->add_option("--shapes", options->shapes, "Model shapes: llama-3.1-8b, qwen3-0.6b")->capture_default_str();
+  cmd->add_option("--repeats", options->repeats, "Timed runs per measurement (median reported)")->capture_default_str();
+  cmd->add_option("--peers-script", options->peers_script, "PyTorch SDPA peer script")->capture_default_str();
+  cmd->add_flag("!--no-peers", options->peers, "Skip the PyTorch SDPA peer");
+  cmd->callback([options] { run_bench(*options); });
+}
+
+}  // namespace fp8kv::cli

@@ -1,0 +1,328 @@
+// Host side of paged decode: the one kernel-selection function, the split-KV plan, and run().
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <string>
+#include <vector>
+
+#include "cuda/cuda_check.h"
+#include "cuda/decode.cuh"
+#include "cuda/device_errors.h"
+#include "fp8kv/cuda.h"
+
+namespace fp8kv::cuda_detail {
+
+// Combines the splits of each multi-split sequence: grid (num_q_heads, batch), kHeadDim threads.
+struct DecodeMergeParams {
+  const int4* seq_work;       // [batch]: (first work item, splits, -, -)
+  const float* partial_o;     // [num_work, num_q_heads, head_dim]
+  const float* partial_lse;   // [num_work, num_q_heads]
+  void* out;                  // [batch, num_q_heads, head_dim] bf16/fp16
+  bool out_fp16;
+  int32_t num_q_heads;
+  int32_t head_dim;
+};
+
+__global__ void decode_merge_kernel(const DecodeMergeParams p) {
+  const int head = static_cast<int>(blockIdx.x);
+  const int seq = static_cast<int>(blockIdx.y);
+  const int4 sw = p.seq_work[seq];
+  const int first = sw.x;
+  const int splits = sw.y;
+  if (splits <= 1) return;  // written directly by the main kernel
+  float lse_max = -INFINITY;
+  for (int i = 0; i < splits; ++i) lse_max = fmaxf(lse_max, p.partial_lse[static_cast<int64_t>(first + i) * p.num_q_heads + head]);
+  const float ref = lse_max == -INFINITY ? 0.0f : lse_max;
+  for (int c = static_cast<int>(threadIdx.x); c < p.head_dim; c += static_cast<int>(blockDim.x)) {
+    float weight_sum = 0.0f;
+    float o = 0.0f;
+    for (int i = 0; i < splits; ++i) {
+      const int64_t r = static_cast<int64_t>(first + i) * p.num_q_heads + head;
+      const float weight = exp2f(p.partial_lse[r] - ref);
+      weight_sum += weight;
+      o += weight * p.partial_o[r * p.head_dim + c];
+    }
+    o = weight_sum > 0.0f ? o / weight_sum : 0.0f;
+    store_activation(p.out, (static_cast<int64_t>(seq) * p.num_q_heads + head) * p.head_dim + c, o, p.out_fp16);
+  }
+}
+
+}  // namespace fp8kv::cuda_detail
+
+namespace fp8kv::cuda {
+namespace {
+
+using cuda_detail::DecodeMergeParams;
+using cuda_detail::DecodeParams;
+
+// Thread blocks the plan aims for per SM: the largest kernels (217 registers x 128 threads) keep 2
+// resident per SM, so 4 is two full waves; shorter splits would only add merge traffic.
+constexpr int kTargetBlocksPerSm = 4;
+// Fewest keys per split: below this the fixed cost of a block (loading q, merging warps, writing
+// a partial row) is no longer small against streaming its keys.
+constexpr int kMinChunkTokens = 256;
+// Split lengths are multiples of this, itself a multiple of every kernel's block tile (at most
+// 4 warps x 4 steps x 8 rows = 128 tokens), so that only a sequence's last split is partial.
+constexpr int kChunkGranularity = 256;
+// gridDim.y limit of CUDA.
+constexpr int64_t kMaxWorkItems = 65535;
+
+struct KernelChoice {
+  bool supported = false;
+  int kernel_group = 0;  // query heads per thread block
+  int head_chunks = 0;   // thread blocks per KV head
+  std::string reason;    // why not, when unsupported
+};
+
+int max_group(DType storage) {
+  return is_fp8(storage) ? cuda_detail::max_decode_group<Fp8E4M3>() : cuda_detail::max_decode_group<Bf16>();
+}
+
+// The one place that decides which decode kernel serves a configuration (used by
+// decode_supported(), the plan and run()).
+KernelChoice select_kernel(DType storage, DType q_dtype, int head_dim, int num_q_heads, int num_kv_heads) {
+  KernelChoice c;
+  if (!is_kv_storage_dtype(storage)) {
+    c.reason = std::string("cache dtype ") + dtype_name(storage) + " is not a KV storage dtype";
+    return c;
+  }
+  if (q_dtype != DType::kBFloat16 && q_dtype != DType::kFloat16) {
+    c.reason = std::string("q dtype ") + dtype_name(q_dtype) + " (the CUDA decode takes bf16 or fp16)";
+    return c;
+  }
+  if (head_dim != 64 && head_dim != 128 && head_dim != 256) {
+    c.reason = "head_dim " + std::to_string(head_dim) + " (kernels exist for 64, 128, 256)";
+    return c;
+  }
+  if (num_kv_heads <= 0 || num_q_heads % num_kv_heads != 0) {
+    c.reason = "num_q_heads must be a multiple of num_kv_heads";
+    return c;
+  }
+  const int group = num_q_heads / num_kv_heads;
+  // The largest power of two <= the register budget that divides the group: a group of 8 over FP8
+  // is two blocks of 4 heads, adjacent in the grid so that the second reads the pages from L2.
+  int g = max_group(storage);
+  while (group % g != 0) g /= 2;
+  c.supported = true;
+  c.kernel_group = g;
+  c.head_chunks = group / g;
+  return c;
+}
+
+int sm_count() {
+  int device = 0;
+  FP8KV_CUDA_CHECK(cudaGetDevice(&device));
+  int count = 0;
+  FP8KV_CUDA_CHECK(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device));
+  return count;
+}
+
+int log2_exact(int x) {
+  int n = 0;
+  while ((1 << n) < x) ++n;
+  return n;
+}
+
+}  // namespace
+
+struct DecodePlan::State {
+  int64_t batch = 0;
+  int num_q_heads = 0;
+  int num_kv_heads = 0;
+  int head_dim = 0;
+  int block_size = 0;
+  DType storage = DType::kFp8E4M3;
+  bool per_token = false;
+  KernelChoice kernel;
+  int32_t chunk_tokens = 0;
+  std::vector<int32_t> splits;   // per sequence
+  int64_t num_work = 0;
+  bool any_multi_split = false;
+  void* device_memory = nullptr;
+  size_t device_bytes = 0;
+  int4* work = nullptr;          // [num_work]
+  int4* seq_work = nullptr;      // [batch]
+  float* partial_o = nullptr;    // [num_work, num_q_heads, head_dim]
+  float* partial_lse = nullptr;  // [num_work, num_q_heads]
+
+  ~State() {
+    if (device_memory != nullptr) cudaFree(device_memory);
+  }
+};
+
+bool decode_supported(DType storage, DType q_dtype, int head_dim, int num_q_heads, int num_kv_heads) {
+  return select_kernel(storage, q_dtype, head_dim, num_q_heads, num_kv_heads).supported;
+}
+
+DecodePlan::DecodePlan(const DecodeArgs& args, const std::vector<int32_t>& host_seq_lens,
+                       const DecodePlanOptions& options)
+    : state_(std::make_unique<State>()) {
+  validate(args);
+  FP8KV_REQUIRE(args.cache.device == Device::kCuda, "cache", "the CUDA decode needs a cache on the device");
+  State& s = *state_;
+  s.batch = args.q.size(0);
+  s.num_q_heads = static_cast<int>(args.q.size(1));
+  s.num_kv_heads = args.cache.layout.num_kv_heads;
+  s.head_dim = args.cache.layout.head_dim;
+  s.block_size = args.cache.layout.block_size;
+  s.storage = args.cache.dtype;
+  s.per_token = args.cache.has_token_scales();
+  s.kernel = select_kernel(s.storage, args.q.dtype, s.head_dim, s.num_q_heads, s.num_kv_heads);
+  if (!s.kernel.supported) throw Unsupported("CUDA paged decode for " + s.kernel.reason);
+  FP8KV_REQUIRE(static_cast<int64_t>(host_seq_lens.size()) == s.batch, "seq_lens",
+                "host copy has ", host_seq_lens.size(), " entries for a batch of ", s.batch);
+  FP8KV_REQUIRE(options.headroom_tokens >= 0, "headroom_tokens", "must be >= 0, got ", options.headroom_tokens);
+  FP8KV_REQUIRE(options.max_splits >= 0, "max_splits", "must be >= 0 (0 = heuristic), got ", options.max_splits);
+  const int64_t capacity = args.block_tables.size(1) * static_cast<int64_t>(s.block_size);
+  std::vector<int64_t> planned(static_cast<size_t>(s.batch));
+  int64_t total = 0;
+  int64_t longest = 0;
+  for (int64_t b = 0; b < s.batch; ++b) {
+    const int32_t len = host_seq_lens[static_cast<size_t>(b)];
+    FP8KV_REQUIRE(len >= 0 && len <= capacity, "seq_lens", "seq_lens[", b, "] = ", len, " is outside [0, ", capacity,
+                  "] (max_blocks_per_seq * block_size)");
+    planned[static_cast<size_t>(b)] = std::min<int64_t>(static_cast<int64_t>(len) + options.headroom_tokens, capacity);
+    total += planned[static_cast<size_t>(b)];
+    longest = std::max(longest, planned[static_cast<size_t>(b)]);
+  }
+
+  // Keys per split: spread all (sequence, KV head) work over kTargetBlocksPerSm blocks per SM.
+  const int64_t blocks_per_split = static_cast<int64_t>(s.num_kv_heads) * s.kernel.head_chunks;
+  const int64_t target_blocks = static_cast<int64_t>(kTargetBlocksPerSm) * sm_count();
+  int64_t chunk = std::max<int64_t>(kMinChunkTokens, (total * blocks_per_split + target_blocks - 1) / target_blocks);
+  if (options.max_splits > 0) chunk = std::max<int64_t>(chunk, (longest + options.max_splits - 1) / options.max_splits);
+  chunk = (chunk + kChunkGranularity - 1) / kChunkGranularity * kChunkGranularity;
+  auto count_work = [&](int64_t c) {
+    int64_t n = 0;
+    for (int64_t len : planned) n += std::max<int64_t>(1, (len + c - 1) / c);
+    return n;
+  };
+  while (count_work(chunk) > kMaxWorkItems) chunk *= 2;
+  FP8KV_REQUIRE(s.batch <= kMaxWorkItems, "q", "batch ", s.batch, " exceeds the ", kMaxWorkItems,
+                " sequences one decode launch covers");
+  s.chunk_tokens = static_cast<int32_t>(chunk);
+
+  std::vector<int4> work;
+  std::vector<int4> seq_work(static_cast<size_t>(s.batch));
+  s.splits.resize(static_cast<size_t>(s.batch));
+  for (int64_t b = 0; b < s.batch; ++b) {
+    const int splits = static_cast<int>(std::max<int64_t>(1, (planned[static_cast<size_t>(b)] + chunk - 1) / chunk));
+    s.splits[static_cast<size_t>(b)] = splits;
+    s.any_multi_split = s.any_multi_split || splits > 1;
+    seq_work[static_cast<size_t>(b)] = make_int4(static_cast<int>(work.size()), splits, 0, 0);
+    const int first = static_cast<int>(work.size());
+    for (int i = 0; i < splits; ++i) work.push_back(make_int4(static_cast<int>(b), i, splits, first));
+  }
+  s.num_work = static_cast<int64_t>(work.size());
+
+  // One allocation: work lists, then the FP32 split results (16-byte aligned pieces).
+  auto align = [](size_t x) { return (x + 255) / 256 * 256; };
+  const size_t work_bytes = align(work.size() * sizeof(int4));
+  const size_t seq_bytes = align(seq_work.size() * sizeof(int4));
+  const size_t o_bytes = s.any_multi_split
+                             ? align(static_cast<size_t>(s.num_work) * s.num_q_heads * s.head_dim * sizeof(float))
+                             : 0;
+  const size_t lse_bytes = s.any_multi_split ? align(static_cast<size_t>(s.num_work) * s.num_q_heads * sizeof(float)) : 0;
+  s.device_bytes = work_bytes + seq_bytes + o_bytes + lse_bytes;
+  FP8KV_CUDA_CHECK(cudaMalloc(&s.device_memory, s.device_bytes));
+  char* base = static_cast<char*>(s.device_memory);
+  s.work = reinterpret_cast<int4*>(base);
+  s.seq_work = reinterpret_cast<int4*>(base + work_bytes);
+  if (s.any_multi_split) {
+    s.partial_o = reinterpret_cast<float*>(base + work_bytes + seq_bytes);
+    s.partial_lse = reinterpret_cast<float*>(base + work_bytes + seq_bytes + o_bytes);
+  }
+  FP8KV_CUDA_CHECK(cudaMemcpy(s.work, work.data(), work.size() * sizeof(int4), cudaMemcpyHostToDevice));
+  FP8KV_CUDA_CHECK(cudaMemcpy(s.seq_work, seq_work.data(), seq_work.size() * sizeof(int4), cudaMemcpyHostToDevice));
+}
+
+DecodePlan::~DecodePlan() = default;
+DecodePlan::DecodePlan(DecodePlan&&) noexcept = default;
+DecodePlan& DecodePlan::operator=(DecodePlan&&) noexcept = default;
+
+int64_t DecodePlan::batch() const { return state_->batch; }
+int32_t DecodePlan::chunk_tokens() const { return state_->chunk_tokens; }
+int64_t DecodePlan::num_work_items() const { return state_->num_work; }
+int32_t DecodePlan::num_splits(int64_t sequence) const { return state_->splits.at(static_cast<size_t>(sequence)); }
+size_t DecodePlan::workspace_bytes() const { return state_->device_bytes; }
+
+void DecodePlan::run(const DecodeArgs& args, void* stream) const {
+  validate(args);
+  const State& s = *state_;
+  FP8KV_REQUIRE(args.cache.device == Device::kCuda, "cache", "the CUDA decode needs a cache on the device");
+  FP8KV_REQUIRE(args.q.size(0) == s.batch && args.q.size(1) == s.num_q_heads, "q", "shape ", args.q.shape_string(),
+                " differs from the plan's [", s.batch, ", ", s.num_q_heads, ", ", s.head_dim, "]");
+  FP8KV_REQUIRE(args.cache.dtype == s.storage && args.cache.layout.num_kv_heads == s.num_kv_heads &&
+                    args.cache.layout.head_dim == s.head_dim && args.cache.layout.block_size == s.block_size &&
+                    args.cache.has_token_scales() == s.per_token,
+                "cache", "format (dtype, heads, head_dim, block_size, scale granularity) differs from the plan's");
+  const KernelChoice kernel = select_kernel(args.cache.dtype, args.q.dtype, s.head_dim, s.num_q_heads, s.num_kv_heads);
+  if (!kernel.supported) throw Unsupported("CUDA paged decode for " + kernel.reason);
+
+  const PagedKvLayer& cache = args.cache;
+  DecodeParams p{};
+  p.q = args.q.data;
+  p.out = args.out.data;
+  p.q_fp16 = args.q.dtype == DType::kFloat16;
+  p.out_fp16 = args.out.dtype == DType::kFloat16;
+  p.k_cache = cache.k;
+  p.v_cache = cache.v;
+  if (cache.has_token_scales()) {
+    p.k_token_scale = cache.k_token_scale;
+    p.v_token_scale = cache.v_token_scale;
+  } else if (is_fp8(cache.dtype)) {
+    p.k_scale = cache.k_scale;
+    p.v_scale = cache.v_scale;
+    p.per_head = cache.granularity == ScaleGranularity::kPerHead;
+  }
+  p.block_tables = args.block_tables.ptr<const int32_t>();
+  p.max_blocks_per_seq = static_cast<int32_t>(args.block_tables.size(1));
+  p.seq_lens = args.seq_lens.ptr<const int32_t>();
+  p.num_blocks = cache.num_blocks;
+  p.layout = cache.layout;
+  p.log2_block_size = log2_exact(cache.layout.block_size);
+  p.num_q_heads = s.num_q_heads;
+  p.group = s.num_q_heads / s.num_kv_heads;
+  p.head_chunks = kernel.head_chunks;
+  p.score_scale = args.softmax_scale * cuda_detail::kLog2e;
+  p.work = s.work;
+  p.chunk_tokens = s.chunk_tokens;
+  p.partial_o = s.partial_o;
+  p.partial_lse = s.partial_lse;
+  p.error_flags = cuda_detail::device_error_word();
+  if (s.batch == 0) return;
+
+  const auto st = static_cast<cudaStream_t>(stream);
+  const dim3 grid(static_cast<unsigned>(s.num_kv_heads * kernel.head_chunks), static_cast<unsigned>(s.num_work));
+  switch (cache.dtype) {
+    case DType::kBFloat16: cuda_detail::launch_paged_decode<Bf16>(p, s.head_dim, kernel.kernel_group, grid, st); break;
+    case DType::kFloat16: cuda_detail::launch_paged_decode<Fp16>(p, s.head_dim, kernel.kernel_group, grid, st); break;
+    case DType::kFp8E4M3: cuda_detail::launch_paged_decode<Fp8E4M3>(p, s.head_dim, kernel.kernel_group, grid, st); break;
+    case DType::kFp8E5M2: cuda_detail::launch_paged_decode<Fp8E5M2>(p, s.head_dim, kernel.kernel_group, grid, st); break;
+    default: throw Unsupported(std::string("cache dtype ") + dtype_name(cache.dtype));
+  }
+  FP8KV_CUDA_CHECK_LAUNCH();
+  if (!s.any_multi_split) return;
+  DecodeMergeParams mp{};
+  mp.seq_work = s.seq_work;
+  mp.partial_o = s.partial_o;
+  mp.partial_lse = s.partial_lse;
+  mp.out = args.out.data;
+  mp.out_fp16 = p.out_fp16;
+  mp.num_q_heads = s.num_q_heads;
+  mp.head_dim = s.head_dim;
+  cuda_detail::decode_merge_kernel<<<dim3(static_cast<unsigned>(s.num_q_heads), static_cast<unsigned>(s.batch)),
+                                     static_cast<unsigned>(s.head_dim), 0, st>>>(mp);
+  FP8KV_CUDA_CHECK_LAUNCH();
+}
+
+void paged_decode(const DecodeArgs& args, void* stream) {
+  validate(args);  // seq_lens are on the device with the cache
+  std::vector<int32_t> lens(static_cast<size_t>(args.seq_lens.size(0)));
+  FP8KV_CUDA_CHECK(cudaStreamSynchronize(static_cast<cudaStream_t>(stream)));
+  FP8KV_CUDA_CHECK(cudaMemcpy(lens.data(), args.seq_lens.data, lens.size() * sizeof(int32_t), cudaMemcpyDeviceToHost));
+  const DecodePlan plan(args, lens);
+  plan.run(args, stream);
+}
+
+}  // namespace fp8kv::cuda

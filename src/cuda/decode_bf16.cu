@@ -1,0 +1,6 @@
+// Decode kernels for Bf16 storage (all head dims and query-head groups).
+#include "cuda/decode.cuh"
+
+namespace fp8kv::cuda_detail {
+template void launch_paged_decode<Bf16>(const DecodeParams&, int, int, dim3, cudaStream_t);
+}  // namespace fp8kv::cuda_detail
