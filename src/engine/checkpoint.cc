@@ -207,18 +207,32 @@ struct Checkpoint::Mapping {
       out.push_back(std::move(t));
     }
 
-    // Overlap check over the byte ranges in file order; empty tensors occupy nothing.
+    // The tensors must tile the data section exactly, as the safetensors format requires: an
+    // overlap, a gap or bytes past the last tensor mean the header and the data disagree.
+    // Empty tensors occupy nothing and may sit anywhere.
     std::vector<const CheckpointTensor*> by_offset;
     for (const auto& t : out) {
       if (t.nbytes > 0) by_offset.push_back(&t);
     }
     std::sort(by_offset.begin(), by_offset.end(),
               [](const CheckpointTensor* a, const CheckpointTensor* b) { return a->data < b->data; });
-    for (size_t i = 1; i < by_offset.size(); ++i) {
-      const CheckpointTensor* prev = by_offset[i - 1];
-      if (static_cast<const uint8_t*>(prev->data) + prev->nbytes > by_offset[i]->data) {
-        throw FileError(path, tensor_error(by_offset[i]->name, "data overlaps tensor '" + prev->name + "'"));
+    const uint8_t* expected_start = data;
+    const CheckpointTensor* prev = nullptr;
+    for (const CheckpointTensor* t : by_offset) {
+      const auto* start = static_cast<const uint8_t*>(t->data);
+      if (start < expected_start) {
+        throw FileError(path, tensor_error(t->name, "data overlaps tensor '" + prev->name + "'"));
       }
+      if (start > expected_start) {
+        throw FileError(path, tensor_error(t->name, std::to_string(start - expected_start) + " unused bytes before its data" +
+                                                        (prev ? " (after tensor '" + prev->name + "')" : std::string())));
+      }
+      expected_start = start + t->nbytes;
+      prev = t;
+    }
+    if (expected_start != data + data_size) {
+      throw FileError(path, std::to_string(data + data_size - expected_start) + " bytes after the last tensor" +
+                                (prev ? " ('" + prev->name + "')" : std::string()) + ": the header does not describe the whole file");
     }
     return out;
   }
