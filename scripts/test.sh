@@ -25,3 +25,14 @@ else
        "(ctest -LE gpu); they need a Hopper GPU (sm_90a) and run on one with this same script."
   ctest --test-dir "$build_dir" --output-on-failure -j "$jobs" -LE gpu
 fi
+
+# Python package (python/, tests/python): the extension built in the same build directory, then
+# pytest (NumPy against independent oracles; the GPU tests skip without a GPU). Needs nanobind,
+# numpy and pytest for python3 (pip install nanobind numpy pytest).
+if python3 -c "import nanobind, numpy, pytest" 2>/dev/null; then
+  cmake -S . -B "$build_dir" -DFP8KV_BUILD_PYTHON=ON -DPython_EXECUTABLE="$(command -v python3)" >/dev/null
+  cmake --build "$build_dir" --target _ext -j "$jobs"
+  PYTHONPATH="$build_dir/python/package:tests/python" python3 -m pytest -q tests/python
+else
+  echo "fp8kv test: python3 lacks nanobind/numpy/pytest: skipping the Python package tests (tests/python)"
+fi
