@@ -7,6 +7,7 @@
 #include <cstring>
 #include <fstream>
 #include <limits>
+#include <queue>
 #include <unordered_map>
 
 #include <nlohmann/json.hpp>
@@ -444,23 +445,46 @@ void Tokenizer::Impl::encode_word(const std::string& bytes, std::vector<int32_t>
     // fuse_unk merges consecutive unknowns into one.
     if (!(fuse_unk && !symbols.empty() && symbols.back() == unk_id)) symbols.push_back(unk_id);
   }
-  while (symbols.size() > 1) {
-    int32_t best_rank = std::numeric_limits<int32_t>::max();
-    size_t best_pos = 0;
-    int32_t best_merged = -1;
-    for (size_t k = 0; k + 1 < symbols.size(); ++k) {
-      const auto it = merges.find(pair_key(symbols[k], symbols[k + 1]));
-      if (it != merges.end() && it->second.first < best_rank) {
-        best_rank = it->second.first;
-        best_pos = k;
-        best_merged = it->second.second;
-      }
-    }
-    if (best_merged < 0) break;
-    symbols[best_pos] = best_merged;
-    symbols.erase(symbols.begin() + static_cast<std::ptrdiff_t>(best_pos) + 1);
+  // Lowest rank first, leftmost among equals (as `tokenizers` does), kept in a heap over a linked
+  // list of symbols so that a long piece (a run of 10^4 spaces) costs O(n log n), not O(n^2).
+  struct Candidate {
+    int32_t rank;
+    int32_t pos;
+    int32_t left, right, merged;
+    bool operator>(const Candidate& o) const { return rank != o.rank ? rank > o.rank : pos > o.pos; }
+  };
+  if (symbols.empty()) return;
+  const int32_t n = static_cast<int32_t>(symbols.size());
+  std::vector<int32_t> next(static_cast<size_t>(n)), prev(static_cast<size_t>(n));
+  for (int32_t k = 0; k < n; ++k) {
+    next[static_cast<size_t>(k)] = k + 1 < n ? k + 1 : -1;
+    prev[static_cast<size_t>(k)] = k - 1;
   }
-  out.insert(out.end(), symbols.begin(), symbols.end());
+  std::priority_queue<Candidate, std::vector<Candidate>, std::greater<Candidate>> heap;
+  const auto push = [&](int32_t pos) {
+    const int32_t right = next[static_cast<size_t>(pos)];
+    if (pos < 0 || right < 0) return;
+    const int32_t a = symbols[static_cast<size_t>(pos)], b = symbols[static_cast<size_t>(right)];
+    const auto it = merges.find(pair_key(a, b));
+    if (it != merges.end()) heap.push({it->second.first, pos, a, b, it->second.second});
+  };
+  for (int32_t k = 0; k + 1 < n; ++k) push(k);
+  std::vector<bool> alive(static_cast<size_t>(n), true);
+  while (!heap.empty()) {
+    const Candidate c = heap.top();
+    heap.pop();
+    const auto pos = static_cast<size_t>(c.pos);
+    const int32_t right = next[pos];
+    // Stale: the left symbol was merged away or changed, or its right neighbour did.
+    if (!alive[pos] || right < 0 || symbols[pos] != c.left || symbols[static_cast<size_t>(right)] != c.right) continue;
+    symbols[pos] = c.merged;
+    alive[static_cast<size_t>(right)] = false;
+    next[pos] = next[static_cast<size_t>(right)];
+    if (next[pos] >= 0) prev[static_cast<size_t>(next[pos])] = c.pos;
+    push(prev[pos]);
+    push(c.pos);
+  }
+  for (int32_t k = 0; k >= 0; k = next[static_cast<size_t>(k)]) out.push_back(symbols[static_cast<size_t>(k)]);
 }
 
 // Pre-tokenises text (no added tokens inside) with the split pattern and BPE-encodes every piece.

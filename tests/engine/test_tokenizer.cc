@@ -41,6 +41,27 @@ TEST_P(TokenizerGolden, MatchesHuggingFaceTokenizers) {
   }
 }
 
+// 300 seeded random strings (scripts/make_golden.py: mixed scripts, every whitespace class,
+// contractions, combining marks, controls, special tokens) against `tokenizers`' ids.
+TEST_P(TokenizerGolden, RandomStringsMatchHuggingFaceTokenizers) {
+  const std::string style = GetParam();
+  const Tokenizer tok = Tokenizer::from_file(kTokenizers + "/" + style + ".json");
+  std::ifstream in(kTokenizers + "/golden_random.json");
+  const nlohmann::json g = nlohmann::json::parse(in);
+  const auto& texts = g.at("texts");
+  const auto& ids = g.at(style);
+  ASSERT_EQ(texts.size(), ids.size());
+  int mismatches = 0;
+  for (size_t i = 0; i < texts.size(); ++i) {
+    const std::string text = texts[i].get<std::string>();
+    if (tok.encode(text) != ids[i].get<std::vector<int32_t>>()) {
+      ++mismatches;
+      ADD_FAILURE() << style << " case " << i << ": " << nlohmann::json(text).dump();
+    }
+  }
+  EXPECT_EQ(mismatches, 0);
+}
+
 INSTANTIATE_TEST_SUITE_P(Styles, TokenizerGolden, ::testing::Values("qwen2", "llama3", "gpt2"));
 
 // Random text over code points from several scripts, whitespace, digits and punctuation, always
