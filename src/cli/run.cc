@@ -47,8 +47,15 @@ std::vector<int32_t> parse_ids(const std::string& text, const char* argument) {
 }
 
 std::string gib(int64_t bytes) {
+  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+  double v = static_cast<double>(bytes);
+  int u = 0;
+  while (v >= 1024.0 && u < 4) {
+    v /= 1024.0;
+    ++u;
+  }
   char buf[64];
-  std::snprintf(buf, sizeof(buf), "%.2f GiB", static_cast<double>(bytes) / (1024.0 * 1024.0 * 1024.0));
+  std::snprintf(buf, sizeof(buf), "%.2f %s", v, units[u]);
   return buf;
 }
 
