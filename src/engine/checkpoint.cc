@@ -260,7 +260,10 @@ Checkpoint Checkpoint::open(const std::string& model_dir) {
     }
   };
 
-  if (file_exists(index_path)) {
+  // transformers looks for the single file first, then the index; so do we.
+  if (file_exists(single_path)) {
+    add_file(single_path);
+  } else if (file_exists(index_path)) {
     const nlohmann::json index = parse_json_file(index_path);
     const auto map_it = index.is_object() ? index.find("weight_map") : index.end();
     if (map_it == index.end() || !map_it->is_object()) {
@@ -294,8 +297,6 @@ Checkpoint Checkpoint::open(const std::string& model_dir) {
                                                            t->second.file));
       }
     }
-  } else if (file_exists(single_path)) {
-    add_file(single_path);
   } else {
     throw FileError(model_dir, std::string("no ") + kSingleFile + " or " + kIndexFile + " in the model directory");
   }

@@ -180,6 +180,7 @@ struct Tokenizer::Impl {
   void parse_pre_tokenizer(const json& p);
   void parse_decoder(const json& d);
   void parse_post_processor(const json& p);
+  void parse_added_tokens(const json& j);
 
   std::vector<Segment> split_added(const std::vector<Segment>& in, bool normalized_pass) const;
   void encode_word(const std::string& bytes, std::vector<int32_t>& out) const;
@@ -498,6 +499,34 @@ void Tokenizer::Impl::encode_text(const std::string& text, std::vector<int32_t>&
   }
 }
 
+void Tokenizer::Impl::parse_added_tokens(const json& j) {
+  if (j.contains("added_tokens") && !j["added_tokens"].is_null()) {
+    if (!j["added_tokens"].is_array()) fail("field 'added_tokens' is not a list");
+    for (const auto& a : j["added_tokens"]) {
+      AddedToken t;
+      t.content = json_string(a, "content");
+      if (t.content.empty() || !a.contains("id") || !a["id"].is_number_integer()) {
+        fail("field 'added_tokens': entry " + a.dump() + " lacks a content string or an integer id");
+      }
+      t.id = a["id"].get<int32_t>();
+      t.special = json_bool(a, "special");
+      t.single_word = json_bool(a, "single_word");
+      t.lstrip = json_bool(a, "lstrip");
+      t.rstrip = json_bool(a, "rstrip");
+      t.normalized = json_bool(a, "normalized", !t.special);
+      add_id(t.id, t.content);
+      is_special[static_cast<size_t>(t.id)] = t.special;
+      added.push_back(std::move(t));
+    }
+  }
+  for (int32_t id : prefix_ids) {
+    if (id < 0 || static_cast<size_t>(id) >= id_to_token.size()) fail("post_processor id " + std::to_string(id) + " is not a token");
+  }
+  for (int32_t id : suffix_ids) {
+    if (id < 0 || static_cast<size_t>(id) >= id_to_token.size()) fail("post_processor id " + std::to_string(id) + " is not a token");
+  }
+}
+
 Tokenizer::Tokenizer() : impl_(std::make_unique<Impl>()) {}
 Tokenizer::Tokenizer(Tokenizer&&) noexcept = default;
 Tokenizer& Tokenizer::operator=(Tokenizer&&) noexcept = default;
@@ -516,39 +545,19 @@ Tokenizer Tokenizer::from_file(const std::string& tokenizer_json_path) {
     throw FileError(tokenizer_json_path, std::string("not valid JSON: ") + e.what());
   }
   if (!j.is_object()) impl.fail("not a JSON object");
-  impl.parse_model(j.contains("model") ? j["model"] : json());
-  impl.parse_normalizer(j.contains("normalizer") ? j["normalizer"] : json());
-  if (!j.contains("pre_tokenizer") || j["pre_tokenizer"].is_null()) {
-    throw Unsupported("tokenizer without a pre_tokenizer in " + tokenizer_json_path + " (byte-level BPE needs ByteLevel)");
-  }
-  impl.parse_pre_tokenizer(j["pre_tokenizer"]);
-  impl.parse_decoder(j.contains("decoder") ? j["decoder"] : json());
-  impl.parse_post_processor(j.contains("post_processor") ? j["post_processor"] : json());
-
-  if (j.contains("added_tokens") && !j["added_tokens"].is_null()) {
-    if (!j["added_tokens"].is_array()) impl.fail("field 'added_tokens' is not a list");
-    for (const auto& a : j["added_tokens"]) {
-      AddedToken t;
-      t.content = json_string(a, "content");
-      if (t.content.empty() || !a.contains("id") || !a["id"].is_number_integer()) {
-        impl.fail("field 'added_tokens': entry " + a.dump() + " lacks a content string or an integer id");
-      }
-      t.id = a["id"].get<int32_t>();
-      t.special = json_bool(a, "special");
-      t.single_word = json_bool(a, "single_word");
-      t.lstrip = json_bool(a, "lstrip");
-      t.rstrip = json_bool(a, "rstrip");
-      t.normalized = json_bool(a, "normalized", !t.special);
-      impl.add_id(t.id, t.content);
-      impl.is_special[static_cast<size_t>(t.id)] = t.special;
-      impl.added.push_back(std::move(t));
+  try {
+    impl.parse_model(j.contains("model") ? j["model"] : json());
+    impl.parse_normalizer(j.contains("normalizer") ? j["normalizer"] : json());
+    if (!j.contains("pre_tokenizer") || j["pre_tokenizer"].is_null()) {
+      throw Unsupported("tokenizer without a pre_tokenizer in " + tokenizer_json_path + " (byte-level BPE needs ByteLevel)");
     }
-  }
-  for (int32_t id : impl.prefix_ids) {
-    if (id < 0 || static_cast<size_t>(id) >= impl.id_to_token.size()) impl.fail("post_processor id " + std::to_string(id) + " is not a token");
-  }
-  for (int32_t id : impl.suffix_ids) {
-    if (id < 0 || static_cast<size_t>(id) >= impl.id_to_token.size()) impl.fail("post_processor id " + std::to_string(id) + " is not a token");
+    impl.parse_pre_tokenizer(j["pre_tokenizer"]);
+    impl.parse_decoder(j.contains("decoder") ? j["decoder"] : json());
+    impl.parse_post_processor(j.contains("post_processor") ? j["post_processor"] : json());
+    impl.parse_added_tokens(j);
+  } catch (const json::exception& e) {
+    // A field of the wrong JSON type somewhere the parsers above read without checking.
+    impl.fail(std::string("malformed field: ") + e.what());
   }
   return tok;
 }
