@@ -7,6 +7,7 @@ void register_bench(CLI::App& app) {
   CLI::App* bench = app.add_subcommand("bench", "Benchmarks against the ceilings and peers measured in the same run");
   bench->require_subcommand(1);
   register_bench_decode(*bench);
+  register_bench_prefill(*bench);
   register_bench_engine(*bench);
   (void)bench;
 }

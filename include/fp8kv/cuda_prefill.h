@@ -1,0 +1,67 @@
+// Prefill (context) attention on Hopper tensor cores, for tensors on a CUDA device.
+//
+// The kernels follow FlashAttention-3: TMA loads into a multi-stage shared-memory pipeline driven
+// by a producer warpgroup, two consumer warpgroups issuing wgmma (QGMMA for FP8, HGMMA for BF16),
+// FP32 online softmax, P quantised to FP8 for the P.V product, and V transposed in shared memory
+// because FP8 wgmma only reads K-major operands. They need an sm_90a device (H100/H200).
+//
+// Supported (everything else throws Unsupported or InvalidArgument naming the argument):
+//   prefill:        q/k/v all FP8 E4M3 or all BF16; head_dim 64 or 128; any GQA ratio; causal or
+//                   not; varlen through cu_seqlens_q/k (device int32); bf16 out. FP8 descales are
+//                   undefined (1.0), [1] or [num_kv_heads] float32 on the device.
+//   paged_prefill:  q FP8 E4M3 (use rope_quantize to produce it), cache FP8 E4M3 with any scale
+//                   granularity (per-token K scales scale S's columns; per-token V scales are
+//                   folded into P before it is quantised), block_size 8..256, head_dim 64 or 128.
+#pragma once
+
+#include <cstdint>
+
+#include "fp8kv/attention.h"
+
+namespace fp8kv::cuda {
+
+struct PrefillOptions {
+  // FP8 only. wgmma accumulates FP8 products with reduced precision; when on, every KV tile's
+  // P.V product (kBlockN = 128 keys, 4 wgmma k-steps) is accumulated from zero and then added
+  // to an FP32 register accumulator, so the reduced-precision chain is never longer than one tile.
+  bool two_level_accumulation = true;
+  // Used by rope_quantize: multiply Q and K by the same random-sign Hadamard matrix
+  // (H * diag(signs) / sqrt(head_dim)) before quantising, which spreads outlier channels over all
+  // channels. Q.K is unchanged because the matrix is orthogonal; V is not rotated.
+  bool incoherent_processing = false;
+  uint64_t hadamard_seed = 0x5eed5eedull;  // picks the random signs
+};
+
+// True if this build has a prefill kernel for the input dtype and head dim (dense or paged).
+bool prefill_supported(DType dtype, int head_dim, bool paged);
+
+// Dense variable-length attention. All tensors on the same CUDA device; `stream` is a cudaStream_t.
+void prefill(const PrefillArgs& args, const PrefillOptions& options = {}, void* stream = nullptr);
+
+// Chunked prefill / prefix reuse over the FP8 paged cache (the new tokens must already be in it).
+void paged_prefill(const PagedPrefillArgs& args, const PrefillOptions& options = {}, void* stream = nullptr);
+
+// Fused RoPE + Q quantisation + K/V cache write, the step before paged_prefill:
+//   q_out = fp8(rope(q) [* Hadamard] / q_scale), with q_scale computed here per KV-head group
+//           (q_scale[g] = max(amax over the group's query heads and tokens, kAmaxFloor) / 448);
+//   the cache receives rope(k) [* Hadamard] and v, quantised as write_kv_cache would.
+struct RopeQuantizeArgs {
+  TensorRef q;             // [num_tokens, num_q_heads, head_dim] bf16
+  TensorRef k;             // [num_tokens, num_kv_heads, head_dim] bf16
+  TensorRef v;             // [num_tokens, num_kv_heads, head_dim] bf16
+  TensorRef positions;     // [num_tokens] int32
+  RopeTable rope;          // [max_position, rotary_dim] float32
+  TensorRef slot_mapping;  // [num_tokens] int64; < 0 = padding token, skipped
+  PagedKvLayer cache;      // FP8 E4M3 cache layer
+  TensorRef q_out;         // [num_tokens, num_q_heads, head_dim] fp8_e4m3
+  TensorRef q_scale;       // [num_kv_heads] float32, written (the q_descale for paged_prefill)
+};
+void rope_quantize(const RopeQuantizeArgs& args, const PrefillOptions& options = {}, void* stream = nullptr);
+
+// Quantises a dense bf16 tensor [num_tokens, num_heads, head_dim] to FP8 E4M3 with one scale per
+// group of heads (scale has `num_groups` entries, num_heads % num_groups == 0), optionally after the
+// random-sign Hadamard rotation of PrefillOptions. Used to feed prefill() from bf16 activations.
+void quantize_heads(const TensorRef& x, const TensorRef& out, const TensorRef& scale, bool hadamard,
+                    uint64_t hadamard_seed, void* stream = nullptr);
+
+}  // namespace fp8kv::cuda

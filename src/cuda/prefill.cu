@@ -1,0 +1,228 @@
+// Host side of prefill / paged prefill: validation at the API edge, the one kernel-selection
+// function, TMA descriptors, and the launch of the instantiation that selection picked.
+#include <cuda.h>
+#include <cudaTypedefs.h>
+#include <cuda_runtime.h>
+
+#include <cmath>
+#include <string>
+
+#include "cuda/cuda_check.h"
+#include "cuda/prefill_sm90/traits.cuh"
+#include "fp8kv/cuda_prefill.h"
+#include "fp8kv/error.h"
+
+namespace fp8kv::cuda {
+namespace {
+
+using sm90::PrefillParams;
+using LaunchFn = void (*)(const PrefillParams&, int, cudaStream_t);
+
+constexpr double kLog2e = 1.4426950408889634;
+
+struct KernelChoice {
+  LaunchFn launch;
+  int box_elems;    // TMA box inner extent (one swizzle width of a row)
+  int block_n;      // keys per KV tile
+  int block_m;      // query rows per CTA
+  CUtensorMapSwizzle swizzle;
+};
+
+template <class Traits>
+KernelChoice choice_of() {
+  return KernelChoice{&sm90::launch_prefill<Traits>, Traits::kBoxElems, Traits::kBlockN, Traits::kBlockM,
+                      Traits::kRowSwizzle == sm90::Swizzle::k128B ? CU_TENSOR_MAP_SWIZZLE_128B
+                                                                  : CU_TENSOR_MAP_SWIZZLE_64B};
+}
+
+// The one list of kernels this build has; supported(), dispatch and the benchmark all ask here.
+// Returns launch = nullptr for an unsupported combination.
+KernelChoice select_kernel(DType dtype, int head_dim, bool paged) {
+  using sm90::ElementBf16;
+  using sm90::ElementE4M3;
+  using sm90::PrefillTraits;
+  if (dtype == DType::kFp8E4M3) {
+    if (head_dim == 128) return paged ? choice_of<PrefillTraits<ElementE4M3, 128, true>>()
+                                      : choice_of<PrefillTraits<ElementE4M3, 128, false>>();
+    if (head_dim == 64) return paged ? choice_of<PrefillTraits<ElementE4M3, 64, true>>()
+                                     : choice_of<PrefillTraits<ElementE4M3, 64, false>>();
+  }
+  if (dtype == DType::kBFloat16 && !paged) {
+    if (head_dim == 128) return choice_of<PrefillTraits<ElementBf16, 128, false>>();
+    if (head_dim == 64) return choice_of<PrefillTraits<ElementBf16, 64, false>>();
+  }
+  return KernelChoice{nullptr, 0, 0, 0, CU_TENSOR_MAP_SWIZZLE_NONE};
+}
+
+KernelChoice require_kernel(DType dtype, int head_dim, bool paged) {
+  const KernelChoice c = select_kernel(dtype, head_dim, paged);
+  if (c.launch == nullptr) {
+    throw Unsupported(std::string(paged ? "paged_prefill" : "prefill") + " with " + dtype_name(dtype) +
+                      " inputs and head_dim " + std::to_string(head_dim) +
+                      " (supported: fp8_e4m3 or bfloat16 (dense only), head_dim 64 or 128)");
+  }
+  int device = 0, major = 0, minor = 0;
+  FP8KV_CUDA_CHECK(cudaGetDevice(&device));
+  FP8KV_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
+  FP8KV_CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device));
+  if (major != 9 || minor != 0) {
+    throw Unsupported("the prefill kernels need an sm_90a (Hopper) device, this one is sm_" +
+                      std::to_string(major * 10 + minor));
+  }
+  return c;
+}
+
+PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
+  static const PFN_cuTensorMapEncodeTiled_v12000 fn = [] {
+    void* ptr = nullptr;
+    cudaDriverEntryPointQueryResult result{};
+    FP8KV_CUDA_CHECK(cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &ptr, 12000, cudaEnableDefault, &result));
+    if (result != cudaDriverEntryPointSuccess || ptr == nullptr) {
+      throw Error("fp8kv: the CUDA driver has no cuTensorMapEncodeTiled (TMA needs driver >= 12.0)");
+    }
+    return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(ptr);
+  }();
+  return fn;
+}
+
+// A tiled TMA descriptor over a row-major tensor whose dims are given innermost first.
+template <int kRank>
+CUtensorMap make_tensor_map(const void* base, DType dtype, const cuuint64_t (&dims)[kRank],
+                            const cuuint32_t (&box)[kRank], CUtensorMapSwizzle swizzle, const char* argument) {
+  cuuint64_t strides[kRank - 1];
+  cuuint64_t stride = dtype_size(dtype);
+  for (int i = 0; i < kRank - 1; ++i) {
+    stride *= dims[i];
+    strides[i] = stride;
+  }
+  cuuint32_t element_strides[kRank];
+  for (int i = 0; i < kRank; ++i) element_strides[i] = 1;
+  CUtensorMap map{};
+  const CUresult r = tensor_map_encoder()(
+      &map, dtype == DType::kBFloat16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_UINT8, kRank,
+      const_cast<void*>(base), dims, strides, box, element_strides, CU_TENSOR_MAP_INTERLEAVE_NONE, swizzle,
+      CU_TENSOR_MAP_L2_PROMOTION_L2_128B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  FP8KV_REQUIRE(r == CUDA_SUCCESS, argument,
+                "cannot be described to the TMA unit (base must be 16-byte aligned), cuTensorMapEncodeTiled error ",
+                static_cast<int>(r));
+  return map;
+}
+
+// Descale pointer + stride: [1] -> stride 0, [num_kv_heads] -> stride 1, undefined -> null (1.0).
+void set_descale(const TensorRef& t, const float*& ptr, int& stride) {
+  ptr = t.defined() ? t.ptr<const float>() : nullptr;
+  stride = (t.defined() && t.numel() > 1) ? 1 : 0;
+}
+
+void check_cuda_tensor(const TensorRef& t, const char* name) {
+  FP8KV_REQUIRE(t.device == Device::kCuda, name, "must be on the CUDA device for cuda::prefill");
+}
+
+// An upper bound on sum_b ceil(len_b / kBlockM) that needs only total_q and batch.
+int grid_blocks(int64_t total_q, int64_t batch, int block_m) {
+  return static_cast<int>((total_q + (block_m - 1) * batch) / block_m);
+}
+
+}  // namespace
+
+bool prefill_supported(DType dtype, int head_dim, bool paged) {
+  return select_kernel(dtype, head_dim, paged).launch != nullptr;
+}
+
+void prefill(const PrefillArgs& args, const PrefillOptions& options, void* stream) {
+  validate(args);
+  check_cuda_tensor(args.q, "q");
+  FP8KV_REQUIRE(args.out.dtype == DType::kBFloat16, "out", "cuda::prefill writes bfloat16, got ", dtype_name(args.out.dtype));
+  const int head_dim = static_cast<int>(args.q.size(2));
+  const KernelChoice k = require_kernel(args.q.dtype, head_dim, false);
+  const int64_t total_q = args.q.size(0), total_k = args.k.size(0);
+  const int64_t batch = args.cu_seqlens_q.size(0) - 1;
+  const int num_q_heads = static_cast<int>(args.q.size(1)), num_kv_heads = static_cast<int>(args.k.size(1));
+  if (total_q == 0 || batch == 0) return;
+  FP8KV_REQUIRE(total_k < (int64_t{1} << 31) && total_q < (int64_t{1} << 31), "q",
+                "total lengths must fit in int32 (TMA coordinates)");
+
+  PrefillParams p{};
+  const cuuint32_t box_m = static_cast<cuuint32_t>(k.block_m), box_n = static_cast<cuuint32_t>(k.block_n);
+  const cuuint32_t box_inner = static_cast<cuuint32_t>(k.box_elems);
+  p.tma_q = make_tensor_map<3>(args.q.data, args.q.dtype,
+                               {static_cast<cuuint64_t>(head_dim), static_cast<cuuint64_t>(num_q_heads), static_cast<cuuint64_t>(total_q)},
+                               {box_inner, 1, box_m}, k.swizzle, "q");
+  // total_k = 0 (all sequences empty) still needs a valid descriptor: describe one row.
+  const cuuint64_t rows_k = static_cast<cuuint64_t>(total_k > 0 ? total_k : 1);
+  p.tma_k = make_tensor_map<3>(args.k.data, args.k.dtype,
+                               {static_cast<cuuint64_t>(head_dim), static_cast<cuuint64_t>(num_kv_heads), rows_k},
+                               {box_inner, 1, box_n}, k.swizzle, "k");
+  p.tma_v = make_tensor_map<3>(args.v.data, args.v.dtype,
+                               {static_cast<cuuint64_t>(head_dim), static_cast<cuuint64_t>(num_kv_heads), rows_k},
+                               {box_inner, 1, box_n}, k.swizzle, "v");
+  p.cu_seqlens_q = args.cu_seqlens_q.ptr<const int32_t>();
+  p.cu_seqlens_k = args.cu_seqlens_k.ptr<const int32_t>();
+  p.out = args.out.ptr<__nv_bfloat16>();
+  set_descale(args.q_descale, p.q_descale, p.q_descale_stride);
+  set_descale(args.k_descale, p.k_descale, p.k_descale_stride);
+  set_descale(args.v_descale, p.v_descale, p.v_descale_stride);
+  p.batch = static_cast<int>(batch);
+  p.num_q_heads = num_q_heads;
+  p.num_kv_heads = num_kv_heads;
+  p.head_group = num_q_heads / num_kv_heads;
+  p.softmax_scale_log2 = static_cast<float>(args.softmax_scale * kLog2e);
+  p.causal = args.causal;
+  p.two_level = options.two_level_accumulation;
+  k.launch(p, grid_blocks(total_q, batch, k.block_m), static_cast<cudaStream_t>(stream));
+}
+
+void paged_prefill(const PagedPrefillArgs& args, const PrefillOptions& options, void* stream) {
+  validate(args);
+  check_cuda_tensor(args.q, "q");
+  FP8KV_REQUIRE(args.out.dtype == DType::kBFloat16, "out", "cuda::paged_prefill writes bfloat16, got ",
+                dtype_name(args.out.dtype));
+  FP8KV_REQUIRE(args.q.dtype == DType::kFp8E4M3, "q",
+                "cuda::paged_prefill reads FP8 E4M3 queries (quantise them with cuda::rope_quantize), got ",
+                dtype_name(args.q.dtype));
+  FP8KV_REQUIRE(args.cache.dtype == DType::kFp8E4M3, "cache", "cuda::paged_prefill reads an FP8 E4M3 cache, got ",
+                dtype_name(args.cache.dtype));
+  const PagedLayout& layout = args.cache.layout;
+  const KernelChoice k = require_kernel(args.q.dtype, layout.head_dim, true);
+  const int64_t total_q = args.q.size(0);
+  const int64_t batch = args.block_tables.size(0);
+  if (total_q == 0 || batch == 0) return;
+  const int num_q_heads = static_cast<int>(args.q.size(1));
+
+  PrefillParams p{};
+  const cuuint32_t box_inner = static_cast<cuuint32_t>(k.box_elems);
+  p.tma_q = make_tensor_map<3>(args.q.data, args.q.dtype,
+                               {static_cast<cuuint64_t>(layout.head_dim), static_cast<cuuint64_t>(num_q_heads), static_cast<cuuint64_t>(total_q)},
+                               {box_inner, 1, static_cast<cuuint32_t>(k.block_m)}, k.swizzle, "q");
+  const cuuint64_t pool_dims[4] = {static_cast<cuuint64_t>(layout.head_dim), static_cast<cuuint64_t>(layout.block_size),
+                                   static_cast<cuuint64_t>(layout.num_kv_heads), static_cast<cuuint64_t>(args.cache.num_blocks)};
+  const cuuint32_t page_box[4] = {box_inner, static_cast<cuuint32_t>(std::min(layout.block_size, k.block_n)), 1, 1};
+  p.tma_k = make_tensor_map<4>(args.cache.k, args.cache.dtype, pool_dims, page_box, k.swizzle, "cache");
+  p.tma_v = make_tensor_map<4>(args.cache.v, args.cache.dtype, pool_dims, page_box, k.swizzle, "cache");
+  p.cu_seqlens_q = args.cu_seqlens_q.ptr<const int32_t>();
+  p.seq_lens = args.seq_lens.ptr<const int32_t>();
+  p.block_tables = args.block_tables.ptr<const int32_t>();
+  p.max_blocks_per_seq = static_cast<int>(args.block_tables.size(1));
+  p.block_size = layout.block_size;
+  if (args.cache.has_token_scales()) {
+    p.k_token_scale = args.cache.k_token_scale;
+    p.v_token_scale = args.cache.v_token_scale;
+  } else {
+    const int stride = args.cache.granularity == ScaleGranularity::kPerHead ? 1 : 0;
+    p.k_descale = args.cache.k_scale;
+    p.v_descale = args.cache.v_scale;
+    p.k_descale_stride = p.v_descale_stride = stride;
+  }
+  set_descale(args.q_descale, p.q_descale, p.q_descale_stride);
+  p.out = args.out.ptr<__nv_bfloat16>();
+  p.batch = static_cast<int>(batch);
+  p.num_q_heads = num_q_heads;
+  p.num_kv_heads = layout.num_kv_heads;
+  p.head_group = num_q_heads / layout.num_kv_heads;
+  p.softmax_scale_log2 = static_cast<float>(args.softmax_scale * kLog2e);
+  p.causal = true;
+  p.two_level = options.two_level_accumulation;
+  k.launch(p, grid_blocks(total_q, batch, k.block_m), static_cast<cudaStream_t>(stream));
+}
+
+}  // namespace fp8kv::cuda

@@ -1,0 +1,7 @@
+// Instantiations of the prefill kernel for bf16, head dim 64 (one file per pair keeps each nvcc job small).
+#include "cuda/prefill_sm90/launch.cuh"
+
+namespace fp8kv::cuda::sm90 {
+template void launch_prefill<PrefillTraits<ElementBf16, 64, false>>(const PrefillParams&, int, cudaStream_t);
+
+}  // namespace fp8kv::cuda::sm90

@@ -1,0 +1,276 @@
+// The two halves of the prefill main loop, FlashAttention-3 style:
+//   * the producer warpgroup: one thread issues TMA loads of Q once and of K/V tiles into a
+//     kStages-deep ring of shared-memory buffers; for FP8 all 128 threads then transpose each
+//     V tile into V^T (FP8 wgmma reads B K-major only, and for P.V the K dimension is the key);
+//   * the consumer warpgroups' matrix products: S = Q K^T (wgmma SS) and O += P V (wgmma RS, P
+//     from registers).
+// Full/empty mbarriers hand each stage from producer to consumers and back.
+#pragma once
+
+#include <cstdint>
+
+#include "cuda/prefill_sm90/tile_scheduler.cuh"
+#include "cuda/prefill_sm90/traits.cuh"
+
+namespace fp8kv::cuda::sm90 {
+
+constexpr uint64_t kTmaCacheHint = static_cast<uint64_t>(cute::TMA::CacheHintSm90::EVICT_NORMAL);
+constexpr int kProducerBarrierId = 1;  // named barrier of the producer warpgroup (0 is __syncthreads)
+
+template <class Traits>
+struct SmemView {
+  uint8_t* base;
+  __device__ uint8_t* q() const { return base + Traits::kQOffset; }
+  __device__ uint8_t* k(int s) const { return base + Traits::kKOffset + s * Traits::kKBytes; }
+  __device__ uint8_t* v(int s) const { return base + Traits::kVOffset + s * Traits::kVBytes; }
+  __device__ uint8_t* vt(int s) const { return base + Traits::kVtOffset + s * Traits::kVtBytes; }
+  __device__ float* k_scale(int s) const {
+    return reinterpret_cast<float*>(base + Traits::kKScaleOffset + s * Traits::kScaleBytes);
+  }
+  __device__ float* v_scale(int s) const {
+    return reinterpret_cast<float*>(base + Traits::kVScaleOffset + s * Traits::kScaleBytes);
+  }
+  __device__ uint64_t* barrier(int i) const {
+    return reinterpret_cast<uint64_t*>(base + Traits::kBarrierOffset) + i;
+  }
+  __device__ uint64_t* q_full() const { return barrier(0); }
+  __device__ uint64_t* k_full(int s) const { return barrier(1 + s); }
+  __device__ uint64_t* k_empty(int s) const { return barrier(1 + Traits::kStages + s); }
+  __device__ uint64_t* v_full(int s) const { return barrier(1 + 2 * Traits::kStages + s); }
+  __device__ uint64_t* v_empty(int s) const { return barrier(1 + 3 * Traits::kStages + s); }
+  __device__ uint64_t* vt_full(int s) const { return barrier(1 + 4 * Traits::kStages + s); }
+  __device__ uint64_t* vt_empty(int s) const { return barrier(1 + 5 * Traits::kStages + s); }
+};
+
+// Arrival counts: the consumers release a stage with one arrival per consumer thread; the FP8
+// transposer publishes V^T with one arrival per producer thread.
+template <class Traits>
+__device__ void init_barriers(const SmemView<Traits>& sm) {
+  constexpr int kConsumerThreads = 128 * Traits::kConsumerWarpgroups;
+  Barrier::init(sm.q_full(), 1);
+  for (int s = 0; s < Traits::kStages; ++s) {
+    Barrier::init(sm.k_full(s), 1);
+    Barrier::init(sm.k_empty(s), kConsumerThreads);
+    Barrier::init(sm.v_full(s), 1);
+    Barrier::init(sm.v_empty(s), kConsumerThreads);
+    Barrier::init(sm.vt_full(s), 128);
+    Barrier::init(sm.vt_empty(s), kConsumerThreads);
+  }
+  cutlass::arch::fence_barrier_init();
+}
+
+// Stage and parity of KV tile `iter` (the iter-th tile this CTA processes).
+struct Stage {
+  int index;
+  uint32_t phase;
+};
+template <class Traits>
+__device__ __forceinline__ Stage stage_of(int iter) {
+  return Stage{iter % Traits::kStages, static_cast<uint32_t>((iter / Traits::kStages) & 1)};
+}
+
+// ---- producer -----------------------------------------------------------------------------------
+
+template <class Traits>
+__device__ void load_q(const PrefillParams& p, const WorkTile& t, const SmemView<Traits>& sm) {
+  Barrier::arrive_and_expect_tx(sm.q_full(), Traits::kQBytes);
+#pragma unroll
+  for (int cb = 0; cb < Traits::kColBlocks; ++cb) {
+    cute::SM90_TMA_LOAD_3D::copy(&p.tma_q, sm.q_full(), kTmaCacheHint,
+                                 sm.q() + cb * Traits::kBlockM * Traits::kSwizzleBytes, cb * Traits::kBoxElems,
+                                 t.q_head, t.q_start + t.m_block * Traits::kBlockM);
+  }
+}
+
+// Loads rows [tile * kBlockN, +kBlockN) of K or V (and, paged per-token, their scales) into `dst`.
+// Paged: one TMA box per page (or per 128-row half of a 256-row page). Pages past the sequence's
+// last one are read from its first page instead: those keys are masked, and loading real, finite
+// cache data keeps NaN-free operands in the tensor cores (0 * NaN would poison the row).
+template <class Traits>
+__device__ void load_kv_tile(const PrefillParams& p, const WorkTile& t, const CUtensorMap* map, int tile,
+                             uint8_t* dst, const float* token_scale, float* scale_dst, uint64_t* bar) {
+  const int kv_head = t.q_head / p.head_group;
+  if constexpr (!Traits::kPaged) {
+    Barrier::arrive_and_expect_tx(bar, Traits::kKBytes);
+#pragma unroll
+    for (int cb = 0; cb < Traits::kColBlocks; ++cb) {
+      cute::SM90_TMA_LOAD_3D::copy(map, bar, kTmaCacheHint, dst + cb * Traits::kBlockN * Traits::kSwizzleBytes,
+                                   cb * Traits::kBoxElems, kv_head, t.k_start + tile * Traits::kBlockN);
+    }
+  } else {
+    const int rows_per_box = min(p.block_size, Traits::kBlockN);
+    const int boxes = Traits::kBlockN / rows_per_box;
+    const int pages = (t.len_k + p.block_size - 1) / p.block_size;
+    const int32_t* table = p.block_tables + static_cast<int64_t>(t.batch) * p.max_blocks_per_seq;
+    Barrier::arrive_and_expect_tx(bar, Traits::kKBytes + (token_scale ? Traits::kBlockN * 4 : 0));
+    for (int i = 0; i < boxes; ++i) {
+      const int key = tile * Traits::kBlockN + i * rows_per_box;
+      const int page = key / p.block_size;
+      const int in_page = key % p.block_size;
+      const int block = table[page < pages ? page : 0];
+#pragma unroll
+      for (int cb = 0; cb < Traits::kColBlocks; ++cb) {
+        cute::SM90_TMA_LOAD_4D::copy(
+            map, bar, kTmaCacheHint,
+            dst + cb * Traits::kBlockN * Traits::kSwizzleBytes + i * rows_per_box * Traits::kSwizzleBytes,
+            cb * Traits::kBoxElems, in_page, kv_head, block);
+      }
+      if (token_scale) {
+        const int64_t offset = (static_cast<int64_t>(block) * p.num_kv_heads + kv_head) * p.block_size + in_page;
+        cute::SM90_BULK_COPY_G2S::copy(token_scale + offset, bar, scale_dst + i * rows_per_box, rows_per_box * 4);
+      }
+    }
+  }
+}
+
+// V [kBlockN keys][kHeadDim] (row-swizzled like K) -> V^T [kHeadDim][kBlockN] (128B swizzle).
+// The key order inside every 32-key chunk is permuted so that the P registers of the S
+// accumulator can be fed to the P.V wgmma without shuffles: the FP8 A fragment holds logical keys
+// 4q..4q+3 and 16+4q..16+4q+3 of a chunk in thread q of a quad, while the accumulator holds
+// physical columns 2q, 2q+1, 2q+8, 2q+9 (and +16). Logical key 16h + 4q + i therefore lives at
+// physical key 16h + 2q + 8(i/2) + i%2. Each thread moves 4 keys x 4 channels with byte permutes.
+// Lane layout (8 key quads x 4 channel words per warp) keeps reads and writes to 2-way bank conflicts.
+template <class Traits>
+__device__ void transpose_v(const uint8_t* v, uint8_t* vt, int thread) {
+  const int warp = thread / 32, lane = thread % 32;
+  const int a = warp * 8 + lane % 8;  // logical key quad: keys 4a..4a+3
+  const int chunk = a / 8, h = (a % 8) / 4, q = a % 4;
+  const int phys = 32 * chunk + 16 * h + 2 * q;
+  const int rows[4] = {phys, phys + 1, phys + 8, phys + 9};
+  // Not unrolled: the producer runs on 32 registers, and unrolled address arithmetic spills.
+#pragma unroll 1
+  for (int it = 0; it < Traits::kHeadDim / 16; ++it) {
+    const int n4 = it * 4 + lane / 8;  // channel quad: channels 4*n4..4*n4+3
+    uint32_t r[4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      r[i] = *reinterpret_cast<const uint32_t*>(v + swizzled_offset<Traits::kRowSwizzle>(rows[i], 4 * n4));
+    }
+    const uint32_t lo01 = __byte_perm(r[0], r[1], 0x5140), hi01 = __byte_perm(r[0], r[1], 0x7362);
+    const uint32_t lo23 = __byte_perm(r[2], r[3], 0x5140), hi23 = __byte_perm(r[2], r[3], 0x7362);
+    const uint32_t out[4] = {__byte_perm(lo01, lo23, 0x5410), __byte_perm(lo01, lo23, 0x7632),
+                             __byte_perm(hi01, hi23, 0x5410), __byte_perm(hi01, hi23, 0x7632)};
+#pragma unroll
+    for (int dk = 0; dk < 4; ++dk) {
+      *reinterpret_cast<uint32_t*>(vt + swizzled_offset<Swizzle::k128B>(4 * n4 + dk, 4 * a)) = out[dk];
+    }
+  }
+}
+
+// The producer warpgroup's whole job for one work tile.
+template <class Traits>
+__device__ void producer(const PrefillParams& p, const WorkTile& t, const SmemView<Traits>& sm, int n_tiles) {
+  const int thread = static_cast<int>(threadIdx.x) % 128;
+  const bool leader = thread == 0;
+  if (n_tiles == 0) return;
+  auto issue = [&](int iter) {
+    const Stage st = stage_of<Traits>(iter);
+    if (iter >= Traits::kStages) Barrier::wait(sm.k_empty(st.index), st.phase ^ 1);
+    load_kv_tile<Traits>(p, t, &p.tma_k, iter, sm.k(st.index), p.k_token_scale, sm.k_scale(st.index),
+                         sm.k_full(st.index));
+    // BF16: consumers read V directly, so its buffer is free once they release it. FP8: only the
+    // transposer reads it, and it has finished with this buffer (producer named barrier below).
+    if (!Traits::kFp8 && iter >= Traits::kStages) Barrier::wait(sm.v_empty(st.index), st.phase ^ 1);
+    load_kv_tile<Traits>(p, t, &p.tma_v, iter, sm.v(st.index), p.v_token_scale, sm.v_scale(st.index),
+                         sm.v_full(st.index));
+  };
+  if (leader) {
+    load_q<Traits>(p, t, sm);
+    issue(0);
+  }
+  if constexpr (!Traits::kFp8) {
+    if (leader) {
+      for (int iter = 1; iter < n_tiles; ++iter) issue(iter);
+    }
+  } else {
+    for (int iter = 0; iter < n_tiles; ++iter) {
+      if (leader && iter + 1 < n_tiles) issue(iter + 1);
+      const Stage st = stage_of<Traits>(iter);
+      Barrier::wait(sm.v_full(st.index), st.phase);
+      if (iter >= Traits::kStages) Barrier::wait(sm.vt_empty(st.index), st.phase ^ 1);
+      transpose_v<Traits>(sm.v(st.index), sm.vt(st.index), thread);
+      fence_view_async_shared();  // V^T is read by wgmma (async proxy); V is rewritten by TMA next
+      Barrier::arrive(sm.vt_full(st.index));
+      cutlass::arch::NamedBarrier::sync(128, kProducerBarrierId);
+    }
+  }
+}
+
+// ---- consumer matrix products -------------------------------------------------------------------
+
+template <class Traits>
+struct Gemms {
+  using QKAtom = std::conditional_t<
+      Traits::kFp8, cute::SM90::GMMA::MMA_64x128x32_F32E4M3E4M3_SS_TN<>,
+      cute::SM90::GMMA::MMA_64x128x16_F32BF16BF16_SS<cute::SM90::GMMA::Major::K, cute::SM90::GMMA::Major::K>>;
+  using PVAtom = std::conditional_t<
+      Traits::kFp8,
+      std::conditional_t<Traits::kHeadDim == 128, cute::SM90::GMMA::MMA_64x128x32_F32E4M3E4M3_RS_TN<>,
+                         cute::SM90::GMMA::MMA_64x64x32_F32E4M3E4M3_RS_TN<>>,
+      std::conditional_t<Traits::kHeadDim == 128,
+                         cute::SM90::GMMA::MMA_64x128x16_F32BF16BF16_RS<cute::SM90::GMMA::Major::K,
+                                                                         cute::SM90::GMMA::Major::MN>,
+                         cute::SM90::GMMA::MMA_64x64x16_F32BF16BF16_RS<cute::SM90::GMMA::Major::K,
+                                                                        cute::SM90::GMMA::Major::MN>>>;
+  static constexpr int kSRegs = Traits::kBlockN / 2;   // 64 x kBlockN fp32 over 128 threads
+  static constexpr int kORegs = Traits::kHeadDim / 2;  // 64 x kHeadDim fp32 over 128 threads
+  static constexpr int kPVSteps = Traits::kBlockN / Traits::kKStep;
+  static constexpr int kPRegs = kPVSteps * 4;          // A fragments: 4 registers per k-step
+
+  // S = Q K^T for this warpgroup's 64 rows. Issued and committed; the caller waits.
+  static __device__ void issue_qk(float (&s)[kSRegs], const uint8_t* q, const uint8_t* k, int warpgroup) {
+    constexpr uint32_t kSbo = 8 * Traits::kSwizzleBytes;  // next 8-row atom
+#pragma unroll
+    for (int kk = 0; kk < Traits::kHeadDim / Traits::kKStep; ++kk) {
+      const int byte = kk * 32;
+      const int cb = byte / Traits::kSwizzleBytes, in_row = byte % Traits::kSwizzleBytes;
+      const uint64_t desc_q = make_smem_desc(
+          q + cb * Traits::kBlockM * Traits::kSwizzleBytes + warpgroup * 64 * Traits::kSwizzleBytes + in_row,
+          Traits::kRowSwizzle, 16, kSbo);
+      const uint64_t desc_k =
+          make_smem_desc(k + cb * Traits::kBlockN * Traits::kSwizzleBytes + in_row, Traits::kRowSwizzle, 16, kSbo);
+      gmma<QKAtom>(s, kk > 0, desc_q, desc_k);
+    }
+  }
+
+  // O (+)= P V. FP8: B = V^T (K-major, 128B swizzle). BF16: B = V itself, read MN-major: column
+  // blocks of 64 channels are kBlockN * 128 bytes apart (LBO), groups of 8 keys 1024 bytes (SBO).
+  static __device__ void issue_pv(float (&o)[kORegs], const uint32_t (&pa)[kPRegs], const uint8_t* vt_or_v,
+                                  bool accumulate) {
+#pragma unroll
+    for (int kk = 0; kk < kPVSteps; ++kk) {
+      uint64_t desc_v;
+      if constexpr (Traits::kFp8) {
+        desc_v = make_smem_desc(vt_or_v + kk * 32, Swizzle::k128B, 16, 1024);
+      } else {
+        desc_v = make_smem_desc(vt_or_v + kk * Traits::kKStep * 128, Swizzle::k128B, Traits::kBlockN * 128, 1024);
+      }
+      gmma<PVAtom>(o, accumulate || kk > 0, pa[4 * kk], pa[4 * kk + 1], pa[4 * kk + 2], pa[4 * kk + 3], desc_v);
+    }
+  }
+
+  // S accumulator (fp32 probabilities) -> A fragments of the P.V product. Accumulator register
+  // 4j+e holds row r (e < 2) or r+8 (e >= 2), column 8j + 2q + e%2.
+  static __device__ void make_p_fragments(const float (&p)[kSRegs], uint32_t (&pa)[kPRegs]) {
+#pragma unroll
+    for (int c = 0; c < kPVSteps; ++c) {
+      if constexpr (Traits::kFp8) {
+        // Keys 32c..32c+31: accumulator columns j = 4c..4c+3; see transpose_v for the key order.
+        const float* x = p + 16 * c;
+        pa[4 * c + 0] = pack_e4m3x4(x[0], x[1], x[4], x[5]);
+        pa[4 * c + 1] = pack_e4m3x4(x[2], x[3], x[6], x[7]);
+        pa[4 * c + 2] = pack_e4m3x4(x[8], x[9], x[12], x[13]);
+        pa[4 * c + 3] = pack_e4m3x4(x[10], x[11], x[14], x[15]);
+      } else {
+        // Keys 16c..16c+15: columns j = 2c, 2c+1, already the BF16 A-fragment order.
+        const float* x = p + 8 * c;
+        pa[4 * c + 0] = pack_bf16x2(x[0], x[1]);
+        pa[4 * c + 1] = pack_bf16x2(x[2], x[3]);
+        pa[4 * c + 2] = pack_bf16x2(x[4], x[5]);
+        pa[4 * c + 3] = pack_bf16x2(x[6], x[7]);
+      }
+    }
+  }
+};
+
+}  // namespace fp8kv::cuda::sm90

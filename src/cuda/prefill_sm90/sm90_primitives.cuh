@@ -1,0 +1,95 @@
+// Small Hopper building blocks used by every role of the prefill kernel: shared-memory matrix
+// descriptors for wgmma, the swizzled address of an element in a TMA/wgmma tile, the wgmma
+// instructions applied to register arrays, and the packs used for P.
+#pragma once
+
+#include <cuda_bf16.h>
+
+#include <cstdint>
+#include <utility>
+
+#include <cute/arch/copy_sm90_tma.hpp>
+#include <cute/arch/mma_sm90_desc.hpp>
+#include <cute/arch/mma_sm90_gmma.hpp>
+#include <cutlass/arch/barrier.h>
+#include <cutlass/arch/reg_reconfig.h>
+
+#include "cuda/fp8_convert.cuh"
+
+namespace fp8kv::cuda::sm90 {
+
+using Barrier = cutlass::arch::ClusterTransactionBarrier;
+
+// Swizzle widths of the canonical wgmma layouts: a tile row of `bytes` bytes (along K for K-major,
+// along M/N for MN-major) is split into 16-byte chunks whose index is XOR-ed with the row index
+// inside an 8-row atom. TMA writes the same pattern when its tensor map names the same swizzle.
+enum class Swizzle : int { k64B = 64, k128B = 128 };
+
+// The wgmma descriptor's layout-type field (bits 62-63).
+__device__ __forceinline__ uint64_t swizzle_code(Swizzle s) { return s == Swizzle::k128B ? 1ull : 2ull; }
+
+// Descriptor of a tile in shared memory. `lbo`/`sbo` in bytes: for K-major swizzled tiles only SBO
+// matters (the distance between 8-row atoms); for MN-major tiles LBO is the distance between
+// swizzle-width column blocks along M/N and SBO the distance between groups of 8 K rows.
+__device__ __forceinline__ uint64_t make_smem_desc(const void* smem, Swizzle s, uint32_t lbo, uint32_t sbo) {
+  const uint32_t addr = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
+  return static_cast<uint64_t>((addr & 0x3FFFF) >> 4) | (static_cast<uint64_t>(lbo >> 4) << 16) |
+         (static_cast<uint64_t>(sbo >> 4) << 32) | (swizzle_code(s) << 62);
+}
+
+// Byte offset of (row, byte-in-row) in a tile whose rows are `width` bytes (= swizzle width) and
+// which starts at a 1024-byte-aligned address: Swizzle<3,4,3> (128B) or Swizzle<2,4,3> (64B).
+template <Swizzle kSwizzle>
+__device__ __forceinline__ uint32_t swizzled_offset(uint32_t row, uint32_t byte) {
+  constexpr uint32_t kWidth = static_cast<uint32_t>(kSwizzle);
+  const uint32_t linear = row * kWidth + byte;
+  constexpr uint32_t kMask = kSwizzle == Swizzle::k128B ? 0x7u : 0x3u;
+  return linear ^ (((linear >> 7) & kMask) << 4);
+}
+
+// Calls a CuTe GMMA atom's fma with the accumulator given as an array.
+template <class Atom, int N, class... Front, size_t... I>
+__device__ __forceinline__ void gmma_call(float (&d)[N], cute::SM90::GMMA::ScaleOut scale_d, std::index_sequence<I...>,
+                                          const Front&... front) {
+  Atom::fma(front..., d[I]..., scale_d);
+}
+
+template <class Atom, int N, class... Front>
+__device__ __forceinline__ void gmma(float (&d)[N], bool accumulate, const Front&... front) {
+  gmma_call<Atom>(d, accumulate ? cute::SM90::GMMA::ScaleOut::One : cute::SM90::GMMA::ScaleOut::Zero,
+                  std::make_index_sequence<N>{}, front...);
+}
+
+// Keeps the compiler from moving register reads/writes across wgmma issue/wait points.
+template <int N>
+__device__ __forceinline__ void fence_registers(float (&d)[N]) {
+#pragma unroll
+  for (int i = 0; i < N; ++i) cute::warpgroup_fence_operand(d[i]);
+}
+template <int N>
+__device__ __forceinline__ void fence_registers(uint32_t (&d)[N]) {
+#pragma unroll
+  for (int i = 0; i < N; ++i) cute::warpgroup_fence_operand(d[i]);
+}
+
+// Four floats to four E4M3 codes (a in the low byte), through the one FP8 conversion header.
+__device__ __forceinline__ uint32_t pack_e4m3x4(float a, float b, float c, float d) {
+  return cuda_detail::float4_to_fp8x4<Fp8E4M3>(a, b, c, d);
+}
+__device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
+  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<const uint32_t*>(&v);
+}
+
+// Generic-proxy shared-memory writes that wgmma or TMA read next must be fenced first.
+__device__ __forceinline__ void fence_view_async_shared() {
+  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+}
+
+__device__ __forceinline__ float fast_exp2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
+
+}  // namespace fp8kv::cuda::sm90

@@ -1,0 +1,84 @@
+// Online softmax over the S accumulator of one consumer warpgroup (64 rows x kBlockN keys).
+//
+// Each thread holds two rows (r and r + 8 of its warp's 16) and, per row, 2 columns of every
+// 8-column group; the 4 threads of a quad together hold whole rows, so row reductions are two
+// xor-shuffles. Statistics are FP32. The exponentials run on exp2 with log2(e) and every descale
+// folded into one multiplier (scale_log2); the row max is kept in raw S units.
+#pragma once
+
+#include <cmath>
+
+#include "cuda/prefill_sm90/sm90_primitives.cuh"
+
+namespace fp8kv::cuda::sm90 {
+
+template <int kSRegs>
+struct OnlineSoftmax {
+  float row_max[2];
+  float row_sum[2];  // per thread partial sums; reduced over the quad once, at the end
+
+  __device__ void init() {
+    row_max[0] = row_max[1] = -INFINITY;
+    row_sum[0] = row_sum[1] = 0.0f;
+  }
+
+  static __device__ __forceinline__ float quad_max(float x) {
+    x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 1));
+    return fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 2));
+  }
+  static __device__ __forceinline__ float quad_sum(float x) {
+    x += __shfl_xor_sync(0xffffffffu, x, 1);
+    return x + __shfl_xor_sync(0xffffffffu, x, 2);
+  }
+
+  // Turns S (raw, masked entries = -inf) into unnormalised probabilities in place and returns the
+  // factors by which the O accumulator rows must be rescaled.
+  __device__ void step(float (&s)[kSRegs], float scale_log2, float (&alpha)[2]) {
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      float m = row_max[r];
+#pragma unroll
+      for (int j = 0; j < kSRegs / 4; ++j) m = fmaxf(m, fmaxf(s[4 * j + 2 * r], s[4 * j + 2 * r + 1]));
+      m = quad_max(m);
+      // A row that has seen only masked keys keeps max = -inf; exponentiate against 0 so every
+      // probability is exp2(-inf) = 0 rather than NaN.
+      const float m_scaled = m == -INFINITY ? 0.0f : m * scale_log2;
+      alpha[r] = row_max[r] == -INFINITY ? (m == -INFINITY ? 1.0f : 0.0f) : fast_exp2(row_max[r] * scale_log2 - m_scaled);
+      row_max[r] = m;
+      float sum = 0.0f;
+#pragma unroll
+      for (int j = 0; j < kSRegs / 4; ++j) {
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          float& x = s[4 * j + 2 * r + e];
+          x = fast_exp2(fmaf(x, scale_log2, -m_scaled));
+          sum += x;
+        }
+      }
+      row_sum[r] = row_sum[r] * alpha[r] + sum;
+    }
+  }
+
+  // 1 / (row sum) per row, 0 for a row without keys (its output is defined as zero).
+  __device__ void finalize(float (&inv_sum)[2]) {
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const float l = quad_sum(row_sum[r]);
+      inv_sum[r] = l > 0.0f ? 1.0f / l : 0.0f;
+    }
+  }
+};
+
+// Multiplies accumulator rows: register 4j+e belongs to row e / 2.
+template <int N>
+__device__ __forceinline__ void scale_rows(float (&acc)[N], const float (&factor)[2]) {
+#pragma unroll
+  for (int j = 0; j < N / 4; ++j) {
+    acc[4 * j + 0] *= factor[0];
+    acc[4 * j + 1] *= factor[0];
+    acc[4 * j + 2] *= factor[1];
+    acc[4 * j + 3] *= factor[1];
+  }
+}
+
+}  // namespace fp8kv::cuda::sm90

@@ -1,0 +1,120 @@
+// Compile-time shape of one prefill kernel instantiation and the runtime parameters it reads.
+//
+// Templated only on what changes code generation: element type (FP8 E4M3 or BF16), head dim, and
+// whether K/V come from dense varlen tensors or from the paged cache. Causality, lengths and
+// scales are runtime values.
+#pragma once
+
+#include <cuda.h>
+#include <cuda_bf16.h>
+
+#include <cstdint>
+
+#include "cuda/prefill_sm90/sm90_primitives.cuh"
+
+namespace fp8kv::cuda::sm90 {
+
+struct ElementE4M3 {
+  static constexpr int kBytes = 1;
+  static constexpr bool kFp8 = true;
+};
+struct ElementBf16 {
+  static constexpr int kBytes = 2;
+  static constexpr bool kFp8 = false;
+};
+
+// Tile sizes. kBlockM = 128 query rows: two consumer warpgroups of 64 rows (the wgmma M). kBlockN
+// = 128 keys: the widest S tile whose accumulator (64 fp32 registers per thread) leaves room for
+// O, the per-tile O of two-level accumulation and P under the 240-register consumer budget.
+// Two stages of K/V: with Q, K, V and the transposed V at d = 128 (FP8) that is 112 KiB of shared
+// memory, or 160 KiB for BF16 (no transpose, twice the bytes).
+template <class Element_, int kHeadDim_, bool kPaged_>
+struct PrefillTraits {
+  using Element = Element_;
+  static constexpr bool kFp8 = Element::kFp8;
+  static constexpr bool kPaged = kPaged_;
+  static constexpr int kHeadDim = kHeadDim_;
+  static constexpr int kBlockM = 128;
+  static constexpr int kBlockN = 128;
+  static constexpr int kStages = 2;
+  static constexpr int kConsumerWarpgroups = 2;
+  static constexpr int kThreads = 128 * (1 + kConsumerWarpgroups);
+  // setmaxnreg budgets. The CTA owns what it was launched with, 384 x 168 = 64512 registers
+  // (__launch_bounds__(384, 1)), and an increase blocks until the pool has the registers, so the
+  // budgets must sum to at most that: BF16 128 x 24 + 256 x 240; FP8 gives the producer 40 for the
+  // V transpose: 128 x 40 + 256 x 232 = 64512.
+  static constexpr int kProducerRegisters = kFp8 ? 40 : 24;
+  static constexpr int kConsumerRegisters = kFp8 ? 232 : 240;
+  static_assert(128 * kProducerRegisters + 128 * kConsumerWarpgroups * kConsumerRegisters <= 384 * 168,
+                "setmaxnreg budgets exceed the registers the CTA is launched with");
+
+  static constexpr int kElemBytes = Element::kBytes;
+  static constexpr int kRowBytes = kHeadDim * kElemBytes;  // one Q/K/V row
+  // Q and K rows are split into column blocks of one swizzle width (TMA boxes are at most 128 B
+  // wide when swizzled): FP8 d=64 rows are 64 B (64B swizzle), every other case uses 128B blocks.
+  static constexpr Swizzle kRowSwizzle = kRowBytes >= 128 ? Swizzle::k128B : Swizzle::k64B;
+  static constexpr int kSwizzleBytes = static_cast<int>(kRowSwizzle);
+  static constexpr int kColBlocks = kRowBytes / kSwizzleBytes;
+  static constexpr int kBoxElems = kSwizzleBytes / kElemBytes;  // TMA box inner extent
+  static constexpr int kKStep = 32 / kElemBytes;                 // wgmma K: 32 bytes per step
+  static_assert(kHeadDim == 64 || kHeadDim == 128, "head dims 64 and 128");
+  static_assert(kRowBytes % kSwizzleBytes == 0, "rows are whole swizzle blocks");
+
+  static constexpr int kQBytes = kBlockM * kRowBytes;
+  static constexpr int kKBytes = kBlockN * kRowBytes;
+  static constexpr int kVBytes = kBlockN * kRowBytes;
+  // FP8: V^T tile, [kHeadDim rows][kBlockN keys], K-major for the P.V product, 128B swizzle.
+  static constexpr int kVtBytes = kFp8 ? kHeadDim * kBlockN : 0;
+  static_assert(!kFp8 || kBlockN == 128, "a V^T row is one 128-byte swizzle block");
+  static constexpr int kScaleBytes = kPaged ? kBlockN * 4 : 0;  // per-token scales of one tile
+
+  // Shared memory carve-up; every tile starts on a 1024-byte boundary (the 128B swizzle atom).
+  static constexpr int kQOffset = 0;
+  static constexpr int kKOffset = kQOffset + kQBytes;
+  static constexpr int kVOffset = kKOffset + kStages * kKBytes;
+  static constexpr int kVtOffset = kVOffset + kStages * kVBytes;
+  static constexpr int kKScaleOffset = kVtOffset + kStages * kVtBytes;
+  static constexpr int kVScaleOffset = kKScaleOffset + kStages * kScaleBytes;
+  static constexpr int kBarrierOffset = kVScaleOffset + kStages * kScaleBytes;
+  // q_full, then per stage k_full, k_empty, v_full, v_empty, vt_full, vt_empty (the last two FP8 only).
+  static constexpr int kNumBarriers = 1 + 6 * kStages;
+  static constexpr int kSmemBytes = kBarrierOffset + kNumBarriers * 8 + 1024;  // +1024: alignment slack
+  static_assert(kQBytes % 1024 == 0 && kKBytes % 1024 == 0 && kVtBytes % 1024 == 0, "1024-byte aligned tiles");
+  static_assert(kSmemBytes <= 227 * 1024, "fits the 227 KiB an H100 block may use");
+};
+
+// What the host fills (launch.cuh) and the kernel reads. TMA descriptors travel inside the
+// __grid_constant__ parameter block.
+struct PrefillParams {
+  CUtensorMap tma_q;  // Q [total_q, num_q_heads, head_dim]
+  CUtensorMap tma_k;  // dense: K [total_k, num_kv_heads, head_dim]; paged: pool [num_blocks, num_kv_heads, block_size, head_dim]
+  CUtensorMap tma_v;  // same shape as tma_k
+  const int32_t* cu_seqlens_q;  // [batch + 1]
+  const int32_t* cu_seqlens_k;  // [batch + 1]   (dense)
+  const int32_t* seq_lens;      // [batch]       (paged)
+  const int32_t* block_tables;  // [batch, max_blocks_per_seq] (paged)
+  const float* k_token_scale;   // [num_blocks, num_kv_heads, block_size] (paged per-token) or null
+  const float* v_token_scale;   // same
+  __nv_bfloat16* out;           // [total_q, num_q_heads, head_dim]
+  // Descales: pointer + stride (0 = per tensor, 1 = per KV head); null = 1.0.
+  const float* q_descale;
+  const float* k_descale;
+  const float* v_descale;
+  int q_descale_stride, k_descale_stride, v_descale_stride;
+  int batch, num_q_heads, num_kv_heads, head_group;  // head_group = num_q_heads / num_kv_heads
+  int max_blocks_per_seq, block_size;
+  float softmax_scale_log2;  // softmax_scale * log2(e): the softmax runs on exp2
+  bool causal;
+  bool two_level;
+};
+
+}  // namespace fp8kv::cuda::sm90
+
+#include <cuda_runtime.h>
+
+namespace fp8kv::cuda::sm90 {
+// Defined in launch.cuh; instantiated by src/cuda/prefill_{fp8,bf16}_hd{64,128}.cu for exactly the
+// combinations that select_kernel() in src/cuda/prefill.cu can return.
+template <class Traits>
+void launch_prefill(const PrefillParams& params, int grid_x, cudaStream_t stream);
+}  // namespace fp8kv::cuda::sm90

@@ -1,0 +1,112 @@
+// cuda::prefill against the CPU reference: lengths 1..16384, varlen batches, GQA 1/2/4/8, head dims
+// 64 and 128, causal and not, FP8 E4M3 (per-tensor and per-KV-head descales, with and without
+// two-level accumulation) and the BF16 variant. See test_prefill_common.h for the error bound.
+#include <gtest/gtest.h>
+
+#include <cstdio>
+
+#include "cuda/test_prefill_common.h"
+#include "fp8kv/error.h"
+
+namespace fp8kv::testing {
+namespace {
+
+// Rows checked per sequence for long sequences (the reference is O(rows * keys)).
+int rows_to_check(int len) { return len > 1024 ? 256 : 0; }
+
+void run_lengths(DType dtype, DescaleMode mode) {
+  const int lengths[] = {1, 63, 64, 65, 1000, 4096, 16384};
+  const int gqa[] = {1, 2, 4, 8};
+  int index = 0;
+  for (int d : {64, 128}) {
+    for (int len : lengths) {
+      for (bool causal : {true, false}) {
+        const int ratio = gqa[index++ % 4];
+        const int hk = 2, hq = hk * ratio;
+        SCOPED_TRACE(::testing::Message() << dtype_name(dtype) << " d=" << d << " len=" << len << " causal=" << causal
+                                          << " hq=" << hq << " hk=" << hk);
+        const DenseProblem p = make_dense_problem({len}, {len}, hq, hk, d, causal, dtype, mode, test_seed());
+        const ErrorReport e = check_dense(p, rows_to_check(len));
+        std::printf("[prefill] %s d=%d len=%d causal=%d hq=%d hk=%d: rel err %.3e (naive %.3e)\n", dtype_name(dtype),
+                    d, len, causal ? 1 : 0, hq, hk, e.gpu, e.naive);
+        expect_within_bound(e);
+      }
+    }
+  }
+}
+
+TEST(CudaPrefill, Fp8LengthsHeadDimsGqaCausal) {
+  FP8KV_REQUIRE_GPU();
+  run_lengths(DType::kFp8E4M3, DescaleMode::kPerTensor);
+}
+
+TEST(CudaPrefill, Bf16LengthsHeadDimsGqaCausal) {
+  FP8KV_REQUIRE_GPU();
+  run_lengths(DType::kBFloat16, DescaleMode::kNone);
+}
+
+TEST(CudaPrefill, VarlenMixedLengthsAndPrefixes) {
+  FP8KV_REQUIRE_GPU();
+  const std::vector<int> lens_q = {1, 63, 200, 1000, 129, 64, 0, 300};
+  const std::vector<int> same = lens_q;
+  const std::vector<int> longer = {7, 63, 450, 1017, 129, 1, 5, 300};  // len_k >= len_q except one
+  for (DType dtype : {DType::kFp8E4M3, DType::kBFloat16}) {
+    for (int d : {64, 128}) {
+      for (bool causal : {true, false}) {
+        for (const auto* lens_k : {&same, &longer}) {
+          SCOPED_TRACE(::testing::Message() << dtype_name(dtype) << " d=" << d << " causal=" << causal
+                                            << (lens_k == &same ? " self" : " prefix"));
+          const DenseProblem p = make_dense_problem(lens_q, *lens_k, 8, 2, d, causal, dtype, DescaleMode::kPerHead,
+                                                    test_seed());
+          const ErrorReport e = check_dense(p, 0);
+          std::printf("[prefill varlen] %s d=%d causal=%d %s: rel err %.3e (naive %.3e)\n", dtype_name(dtype), d,
+                      causal ? 1 : 0, lens_k == &same ? "self" : "prefix", e.gpu, e.naive);
+          expect_within_bound(e);
+        }
+      }
+    }
+  }
+}
+
+TEST(CudaPrefill, Fp8PerHeadDescalesAndOneLevelAccumulation) {
+  FP8KV_REQUIRE_GPU();
+  for (bool two_level : {true, false}) {
+    for (int d : {64, 128}) {
+      SCOPED_TRACE(::testing::Message() << "two_level=" << two_level << " d=" << d);
+      cuda::PrefillOptions options;
+      options.two_level_accumulation = two_level;
+      const DenseProblem p = make_dense_problem({777, 2048}, {777, 2048}, 16, 4, d, true, DType::kFp8E4M3,
+                                                DescaleMode::kPerHead, test_seed());
+      const ErrorReport e = check_dense(p, 300, options);
+      std::printf("[prefill two_level=%d] d=%d: rel err %.3e (naive %.3e)\n", two_level ? 1 : 0, d, e.gpu, e.naive);
+      expect_within_bound(e);
+    }
+  }
+}
+
+TEST(CudaPrefill, RejectsUnsupportedAndBadArguments) {
+  FP8KV_REQUIRE_GPU();
+  DenseProblem p = make_dense_problem({4}, {4}, 2, 2, 128, true, DType::kFp8E4M3, DescaleMode::kNone, test_seed());
+  DeviceBuffer<uint8_t> buf(4 * 2 * 128 * 4);
+  DeviceBuffer<int32_t> cu(p.cu_q);
+  PrefillArgs a;
+  a.q = buf.tensor(DType::kFp8E5M2, {4, 2, 128});
+  a.k = buf.tensor(DType::kFp8E5M2, {4, 2, 128});
+  a.v = buf.tensor(DType::kFp8E5M2, {4, 2, 128});
+  a.cu_seqlens_q = cu.tensor(DType::kInt32, {2});
+  a.cu_seqlens_k = cu.tensor(DType::kInt32, {2});
+  a.out = buf.tensor(DType::kBFloat16, {4, 2, 128});
+  a.softmax_scale = 0.1f;
+  EXPECT_THROW(cuda::prefill(a), Unsupported);  // E5M2 inputs have no kernel
+  a.q.dtype = a.k.dtype = a.v.dtype = DType::kFp8E4M3;
+  a.out = buf.tensor(DType::kFloat16, {4, 2, 128});
+  try {
+    cuda::prefill(a);
+    ADD_FAILURE() << "fp16 output accepted";
+  } catch (const InvalidArgument& e) {
+    EXPECT_EQ(e.argument(), "out");
+  }
+}
+
+}  // namespace
+}  // namespace fp8kv::testing

@@ -1,0 +1,222 @@
+// The accuracy experiments of issue 4:
+//   * FlashAttention-3's (paper, Table 3): Q, K, V ~ N(0,1) with 0.1% of entries from N(0,100),
+//     RMSE of the output against float64 attention on the unquantised inputs, for BF16, FP8
+//     per-tensor and FP8 with incoherent processing (random-sign Hadamard on Q and K), each with
+//     and without two-level accumulation. Bounds: the paper's figures (FP8 per-tensor 2.4e-2,
+//     FP8 + incoherent 9.1e-3) and BF16 below 2e-3.
+//   * Long-context retrieval without a model: at 32k, 64k and 128k keys each query row has one
+//     planted key whose logit is ln(keys) + 4 above the N(0,1) distractors (softmax weight ~0.98),
+//     and the output must return that key's value: relative L2 error against the float64
+//     reference on the same FP8 inputs at most 2e-2 with two-level accumulation.
+// Numbers are printed and, when FP8KV_PREFILL_ACCURACY_JSON names a file, written there as JSON.
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <random>
+
+#include "cuda/test_prefill_common.h"
+
+namespace fp8kv::testing {
+namespace {
+
+nlohmann::json& results() {
+  static nlohmann::json j = nlohmann::json::object();
+  return j;
+}
+
+void save_results() {
+  const char* path = std::getenv("FP8KV_PREFILL_ACCURACY_JSON");
+  if (path != nullptr) std::ofstream(path) << results().dump(2) << "\n";
+}
+
+// N(0,1) with a fraction `outliers` of entries drawn from N(0, 100) (standard deviation 10).
+std::vector<float> fa3_inputs(size_t count, uint64_t seed, double outliers = 1e-3) {
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> normal(0.0f, 1.0f), big(0.0f, 10.0f);
+  std::uniform_real_distribution<double> u(0.0, 1.0);
+  std::vector<float> x(count);
+  for (auto& v : x) v = u(rng) < outliers ? big(rng) : normal(rng);
+  return x;
+}
+
+// float64 reference (reference::prefill on float32 inputs) on the last `rows` query rows.
+std::vector<float> exact_last_rows(const std::vector<float>& q, const std::vector<float>& k, const std::vector<float>& v,
+                                   int len, int heads, int d, int rows) {
+  std::vector<float> q_slice(q.end() - static_cast<int64_t>(rows) * heads * d, q.end());
+  std::vector<float> kk = k, vv = v, out(q_slice.size());
+  std::vector<int32_t> cu_q = {0, rows}, cu_k = {0, len};
+  PrefillArgs a;
+  a.q = TensorRef(q_slice.data(), DType::kFloat32, {rows, heads, d});
+  a.k = TensorRef(kk.data(), DType::kFloat32, {len, heads, d});
+  a.v = TensorRef(vv.data(), DType::kFloat32, {len, heads, d});
+  a.cu_seqlens_q = TensorRef(cu_q.data(), DType::kInt32, {2});
+  a.cu_seqlens_k = TensorRef(cu_k.data(), DType::kInt32, {2});
+  a.out = TensorRef(out.data(), DType::kFloat32, {rows, heads, d});
+  a.softmax_scale = 1.0f / std::sqrt(static_cast<float>(d));
+  a.causal = false;
+  reference::prefill(a);
+  return out;
+}
+
+double rmse(const std::vector<float>& a, const std::vector<float>& b) {
+  return l2_error(a, b) / std::sqrt(static_cast<double>(a.size()));
+}
+
+TEST(CudaPrefillAccuracy, FlashAttention3OutlierExperiment) {
+  FP8KV_REQUIRE_GPU();
+  const int len = 4096, heads = 4, d = 128, rows = 256;
+  const uint64_t seed = test_seed();
+  const size_t n = static_cast<size_t>(len) * heads * d;
+  const std::vector<float> q = fa3_inputs(n, seed), k = fa3_inputs(n, seed + 1), v = fa3_inputs(n, seed + 2);
+  const std::vector<float> exact = exact_last_rows(q, k, v, len, heads, d, rows);
+
+  DeviceBuffer<Bf16> qb(convert_from_float<Bf16>(q)), kb(convert_from_float<Bf16>(k)), vb(convert_from_float<Bf16>(v));
+  DeviceBuffer<uint8_t> q8(n), k8(n), v8(n);
+  DeviceBuffer<float> qs(1), ks(1), vs(1);
+  DeviceBuffer<int32_t> cu(std::vector<int32_t>{0, len});
+  DeviceBuffer<Bf16> out(n);
+  auto run = [&](DType dtype, const cuda::PrefillOptions& options) {
+    PrefillArgs a;
+    const bool fp8 = dtype == DType::kFp8E4M3;
+    a.q = fp8 ? q8.tensor(dtype, {len, heads, d}) : qb.tensor(dtype, {len, heads, d});
+    a.k = fp8 ? k8.tensor(dtype, {len, heads, d}) : kb.tensor(dtype, {len, heads, d});
+    a.v = fp8 ? v8.tensor(dtype, {len, heads, d}) : vb.tensor(dtype, {len, heads, d});
+    if (fp8) {
+      a.q_descale = qs.tensor(DType::kFloat32, {1});
+      a.k_descale = ks.tensor(DType::kFloat32, {1});
+      a.v_descale = vs.tensor(DType::kFloat32, {1});
+    }
+    a.cu_seqlens_q = cu.tensor(DType::kInt32, {2});
+    a.cu_seqlens_k = a.cu_seqlens_q;
+    a.out = out.tensor(DType::kBFloat16, {len, heads, d});
+    a.softmax_scale = 1.0f / std::sqrt(static_cast<float>(d));
+    a.causal = false;
+    out.poison();
+    cuda::prefill(a, options);
+    FP8KV_CUDA_CHECK(cudaDeviceSynchronize());
+    const std::vector<float> all = convert_to_float(out.download());
+    EXPECT_EQ(count_nan(all), 0u);
+    return rmse(std::vector<float>(all.end() - static_cast<int64_t>(exact.size()), all.end()), exact);
+  };
+  auto quantize = [&](bool incoherent) {
+    const uint64_t hseed = 0xC0FFEEull;
+    cuda::quantize_heads(qb.tensor(DType::kBFloat16, {len, heads, d}), q8.tensor(DType::kFp8E4M3, {len, heads, d}),
+                         qs.tensor(DType::kFloat32, {1}), incoherent, hseed);
+    cuda::quantize_heads(kb.tensor(DType::kBFloat16, {len, heads, d}), k8.tensor(DType::kFp8E4M3, {len, heads, d}),
+                         ks.tensor(DType::kFloat32, {1}), incoherent, hseed);
+    cuda::quantize_heads(vb.tensor(DType::kBFloat16, {len, heads, d}), v8.tensor(DType::kFp8E4M3, {len, heads, d}),
+                         vs.tensor(DType::kFloat32, {1}), false, 0);
+  };
+  cuda::PrefillOptions two, one;
+  one.two_level_accumulation = false;
+  const double bf16 = run(DType::kBFloat16, two);
+  quantize(false);
+  const double fp8_two = run(DType::kFp8E4M3, two), fp8_one = run(DType::kFp8E4M3, one);
+  quantize(true);
+  const double inc_two = run(DType::kFp8E4M3, two), inc_one = run(DType::kFp8E4M3, one);
+  std::printf("[accuracy] FA3 experiment (seq %d, %d heads, d %d, last %d rows, RMSE vs float64):\n"
+              "  bf16                      %.3e\n"
+              "  fp8 per-tensor, two-level %.3e   one-level %.3e   (FA3: 2.4e-2)\n"
+              "  fp8 incoherent, two-level %.3e   one-level %.3e   (FA3: 9.1e-3)\n",
+              len, heads, d, rows, bf16, fp8_two, fp8_one, inc_two, inc_one);
+  results()["fa3_outlier_experiment"] = {
+      {"seq", len}, {"heads", heads}, {"head_dim", d}, {"rows_checked", rows}, {"bf16_rmse", bf16},
+      {"fp8_per_tensor_two_level_rmse", fp8_two}, {"fp8_per_tensor_one_level_rmse", fp8_one},
+      {"fp8_incoherent_two_level_rmse", inc_two}, {"fp8_incoherent_one_level_rmse", inc_one},
+      {"fa3_reference", {{"fp16", 1.9e-4}, {"fp8_per_tensor", 2.4e-2}, {"fp8_incoherent", 9.1e-3}}}};
+  save_results();
+  EXPECT_LT(bf16, 2e-3);
+  EXPECT_LE(fp8_two, 2.4e-2);
+  EXPECT_LE(inc_two, 9.1e-3) << "target: FP8 + incoherent processing at or below FlashAttention-3's 9.1e-3";
+  EXPECT_LT(inc_two, fp8_two);
+}
+
+TEST(CudaPrefillAccuracy, LongContextRetrieval) {
+  FP8KV_REQUIRE_GPU();
+  const int rows = 128, d = 128;
+  nlohmann::json& out_json = results()["long_context_retrieval"];
+  for (int keys : {32768, 65536, 131072}) {
+    const uint64_t seed = test_seed();
+    std::mt19937_64 rng(seed);
+    std::vector<float> q = random_normal(static_cast<size_t>(rows) * d, seed + 1);
+    std::vector<float> k = random_normal(static_cast<size_t>(keys) * d, seed + 2);
+    const std::vector<float> v = random_normal(static_cast<size_t>(keys) * d, seed + 3);
+    // Row i's planted key sits at a random position; its logit q.k/sqrt(d) is ln(keys) + 4.
+    std::vector<int> planted(rows);
+    std::uniform_int_distribution<int> pos(0, keys - 1);
+    for (int i = 0; i < rows; ++i) {
+      int j;
+      do {
+        j = pos(rng);
+      } while (std::find(planted.begin(), planted.begin() + i, j) != planted.begin() + i);
+      planted[static_cast<size_t>(i)] = j;
+      double qq = 0;
+      for (int c = 0; c < d; ++c) qq += static_cast<double>(q[static_cast<size_t>(i * d + c)]) * q[static_cast<size_t>(i * d + c)];
+      const double logit = std::log(static_cast<double>(keys)) + 4.0;
+      for (int c = 0; c < d; ++c) {
+        k[static_cast<size_t>(j) * d + static_cast<size_t>(c)] =
+            static_cast<float>(q[static_cast<size_t>(i * d + c)] * logit * std::sqrt(static_cast<double>(d)) / qq);
+      }
+    }
+    std::vector<float> qs, ks, vs;
+    const std::vector<Fp8E4M3> q8 = quantize_e4m3(q, 1, d, 1, qs), k8 = quantize_e4m3(k, 1, d, 1, ks),
+                               v8 = quantize_e4m3(v, 1, d, 1, vs);
+    DenseProblem p;
+    p.cu_q = {0, rows};
+    p.cu_k = {0, keys};
+    p.hq = p.hk = 1;
+    p.d = d;
+    p.causal = false;
+    p.dtype = DType::kFp8E4M3;
+    p.softmax_scale = 1.0f / std::sqrt(static_cast<float>(d));
+    auto raw = [](const std::vector<Fp8E4M3>& c) {
+      std::vector<uint8_t> r(c.size());
+      for (size_t i = 0; i < c.size(); ++i) r[i] = c[i].bits;
+      return r;
+    };
+    p.q = raw(q8);
+    p.k = raw(k8);
+    p.v = raw(v8);
+    p.q_ds = qs;
+    p.k_ds = ks;
+    p.v_ds = vs;
+    const RowSlice all = last_rows(p, 0);
+    const std::vector<float> ref = reference_on_slice(p, all);
+    nlohmann::json entry = {{"keys", keys}, {"rows", rows}, {"planted_logit_margin", 4.0}};
+    for (bool two_level : {true, false}) {
+      cuda::PrefillOptions options;
+      options.two_level_accumulation = two_level;
+      const std::vector<float> gpu = run_dense_on_gpu(p, options);
+      const double err = relative_l2_error(gpu, ref);
+      // How much of the planted value came back: cosine between each output row and its value.
+      double worst_cos = 1.0;
+      for (int i = 0; i < rows; ++i) {
+        double dot = 0, nn = 0, vv = 0;
+        for (int c = 0; c < d; ++c) {
+          const double o = gpu[static_cast<size_t>(i * d + c)];
+          const double t = v8[static_cast<size_t>(planted[static_cast<size_t>(i)]) * d + static_cast<size_t>(c)].to_float() * vs[0];
+          dot += o * t;
+          nn += o * o;
+          vv += t * t;
+        }
+        worst_cos = std::min(worst_cos, dot / std::sqrt(nn * vv));
+      }
+      std::printf("[retrieval] keys=%d two_level=%d: rel err vs float64 %.3e, worst cosine to planted value %.5f\n", keys,
+                  two_level ? 1 : 0, err, worst_cos);
+      entry[two_level ? "two_level" : "one_level"] = {{"rel_l2_error", err}, {"worst_cosine", worst_cos}};
+      EXPECT_EQ(count_nan(gpu), 0u);
+      if (two_level) {
+        EXPECT_LE(err, 2e-2) << "keys " << keys;
+        EXPECT_GT(worst_cos, 0.95) << "keys " << keys;
+      }
+    }
+    out_json.push_back(entry);
+    save_results();
+  }
+}
+
+}  // namespace
+}  // namespace fp8kv::testing
