@@ -115,16 +115,34 @@ def prefill_row(flashinfer, workspace, batch, seq):
         return row
     indptr, indices, last = flashinfer_page_args(cache, seqs)
     pools = (cache.k_cache(0), cache.v_cache(0))
-    # FlashInfer's paged prefill reads the FP8 pages with a bf16 query (its supported FP8-KV mode
-    # on this path); the scales are the same per-tensor floats fp8kv uses.
-    wrapper = flashinfer.BatchPrefillWithPagedKVCacheWrapper(workspace, "HND")
-    wrapper.plan(cu_q, indptr, indices, last, HQ, HK, D, PAGE, causal=True, q_data_type=torch.bfloat16,
-                 kv_data_type=torch.float8_e4m3fn)
-    theirs_out = wrapper.run(q, pools, k_scale=k_scale, v_scale=v_scale)
-    row["max_rel_diff"] = rel_diff(out, theirs_out)
-    theirs = bench_us(lambda: wrapper.run(q, pools, k_scale=k_scale, v_scale=v_scale))
-    row.update(flashinfer_us=theirs, flashinfer_TFLOPs=flops / (theirs * 1e-6) / 1e12,
-               flashinfer_q="bfloat16", speedup_vs_flashinfer=theirs / ours)
+    # Two FlashInfer configurations over the same FP8 pages and scales: its FA3 (sm90) kernel with an
+    # FP8 query (one per-tensor q scale: FlashInfer takes a scalar), and its FA2 kernel with a bf16
+    # query reading FP8 K/V. Each is measured on its own; a failure is recorded, not hidden.
+    q8_t, q_scale_t = fp8kv.quantize_heads(q, num_groups=1)
+    configs = {
+        "fa3_fp8_q": dict(backend="fa3", q=q8_t, q_dtype=torch.float8_e4m3fn, q_scale=float(q_scale_t[0])),
+        "fa2_bf16_q": dict(backend="fa2", q=q, q_dtype=torch.bfloat16, q_scale=None),
+    }
+    best = None
+    for name, c in configs.items():
+        try:
+            wrapper = flashinfer.BatchPrefillWithPagedKVCacheWrapper(workspace, "HND", backend=c["backend"])
+            wrapper.plan(cu_q, indptr, indices, last, HQ, HK, D, PAGE, causal=True, q_data_type=c["q_dtype"],
+                         kv_data_type=torch.float8_e4m3fn, o_data_type=torch.bfloat16)
+            kwargs = dict(k_scale=k_scale, v_scale=v_scale)
+            if c["q_scale"] is not None:
+                kwargs["q_scale"] = c["q_scale"]
+            theirs_out = wrapper.run(c["q"], pools, **kwargs)
+            us = bench_us(lambda: wrapper.run(c["q"], pools, **kwargs))
+            row[name] = {"flashinfer_us": us, "flashinfer_TFLOPs": flops / (us * 1e-6) / 1e12,
+                         "max_rel_diff": rel_diff(out, theirs_out), "speedup_vs_flashinfer": us / ours}
+            if best is None or us < row[best]["flashinfer_us"]:
+                best = name
+        except Exception as e:
+            row[name] = {"error": f"{type(e).__name__}: {e}"[-1500:]}
+    if best is not None:  # the table compares against FlashInfer's faster configuration
+        row.update(flashinfer_us=row[best]["flashinfer_us"], speedup_vs_flashinfer=row[best]["speedup_vs_flashinfer"],
+                   max_rel_diff=row[best]["max_rel_diff"], flashinfer_config=best)
     return row
 
 
@@ -155,7 +173,7 @@ def main():
             try:
                 row = fn(flashinfer, workspace, *shape)
             except Exception as e:  # recorded, not hidden: a failing shape is a result too
-                row = {"shape": list(shape), "error": f"{type(e).__name__}: {e}"[:500]}
+                row = {"shape": list(shape), "error": f"{type(e).__name__}: {e}"[-1500:]}
             row["wall_s"] = round(time.time() - started, 1)  # includes FlashInfer's JIT on first use
             rows.append(row)
             print(name, json.dumps(row), flush=True)

@@ -188,6 +188,14 @@ class KvCache(_ext.KvCache):
     to write), ``fork`` (copy-on-write), ``free_sequence``, ``block_table(s)``, ``seq_lens``.
     """
 
+    def __init__(self, num_layers: int, num_kv_heads: int, head_dim: int, num_blocks: int, block_size: int = 16,
+                 kv_cache_dtype: str = "fp8", kv_scales: str = "per_tensor", device: str = "cpu",
+                 model_dtype: str = "bfloat16"):
+        args = (num_layers, num_kv_heads, head_dim, num_blocks, block_size, kv_cache_dtype, kv_scales, device,
+                model_dtype)
+        _ext.check_cache_args(*args)  # argument errors raise here, before the native object exists
+        super().__init__(*args)
+
     @classmethod
     def from_plan(cls, plan: KvPlan, model: ModelShape, device: str = "cpu") -> "KvCache":
         """Allocates the cache `plan` describes; ``allocated_bytes == plan.total_bytes``."""

@@ -109,9 +109,36 @@ PyKvCache* make_cache(const KvCacheSpec& spec, const std::string& device) {
   return new PyKvCache(spec, dev, index);
 }
 
+KvCacheSpec make_spec(int num_layers, int num_kv_heads, int head_dim, int64_t num_blocks, int block_size,
+                      const std::string& kv_cache_dtype, const std::string& kv_scales, const std::string& model_dtype) {
+  KvCacheSpec spec;
+  spec.num_layers = num_layers;
+  spec.num_kv_heads = num_kv_heads;
+  spec.head_dim = head_dim;
+  spec.num_blocks = num_blocks;
+  spec.block_size = block_size;
+  spec.dtype = parse_kv_cache_dtype(kv_cache_dtype, parse_dtype(model_dtype, "model_dtype"));
+  spec.granularity = parse_scale_granularity(kv_scales, "kv_scales");
+  return spec;
+}
+
 }  // namespace
 
 void bind_cache(nb::module_& m) {
+  // The constructor's argument checks as a plain function: the Python KvCache runs it before
+  // __init__, so a bad argument is raised before any instance exists.
+  m.def(
+      "check_cache_args",
+      [](int num_layers, int num_kv_heads, int head_dim, int64_t num_blocks, int block_size,
+         const std::string& kv_cache_dtype, const std::string& kv_scales, const std::string& device,
+         const std::string& model_dtype) {
+        make_spec(num_layers, num_kv_heads, head_dim, num_blocks, block_size, kv_cache_dtype, kv_scales, model_dtype)
+            .validate();
+        parse_device(device);
+      },
+      nb::arg("num_layers"), nb::arg("num_kv_heads"), nb::arg("head_dim"), nb::arg("num_blocks"),
+      nb::arg("block_size") = 16, nb::arg("kv_cache_dtype") = "fp8", nb::arg("kv_scales") = "per_tensor",
+      nb::arg("device") = "cpu", nb::arg("model_dtype") = "bfloat16");
   nb::class_<PyKvCache>(m, "KvCache",
                         "A paged KV cache that owns its memory (every layer's K/V pools, per-token scales, "
                         "static scales) and its block allocator.")
@@ -120,14 +147,8 @@ void bind_cache(nb::module_& m) {
           [](PyKvCache* self, int num_layers, int num_kv_heads, int head_dim, int64_t num_blocks, int block_size,
              const std::string& kv_cache_dtype, const std::string& kv_scales, const std::string& device,
              const std::string& model_dtype) {
-            KvCacheSpec spec;
-            spec.num_layers = num_layers;
-            spec.num_kv_heads = num_kv_heads;
-            spec.head_dim = head_dim;
-            spec.num_blocks = num_blocks;
-            spec.block_size = block_size;
-            spec.dtype = parse_kv_cache_dtype(kv_cache_dtype, parse_dtype(model_dtype, "model_dtype"));
-            spec.granularity = parse_scale_granularity(kv_scales, "kv_scales");
+            const KvCacheSpec spec =
+                make_spec(num_layers, num_kv_heads, head_dim, num_blocks, block_size, kv_cache_dtype, kv_scales, model_dtype);
             const auto [dev, index] = parse_device(device);
             new (self) PyKvCache(spec, dev, index);
           },
