@@ -55,9 +55,10 @@ namespace {
 using cuda_detail::DecodeMergeParams;
 using cuda_detail::DecodeParams;
 
-// Thread blocks the plan aims for per SM: the largest kernels (217 registers x 128 threads) keep 2
-// resident per SM, so 4 is two full waves; shorter splits would only add merge traffic.
-constexpr int kTargetBlocksPerSm = 4;
+// Thread blocks the plan aims for per SM: the FP8 head_dim-128 kernels keep 3 resident per SM
+// (168 registers x 128 threads); ~8 per SM makes the last, partial wave a small share of the time
+// while splits stay long against the merge's extra traffic.
+constexpr int kTargetBlocksPerSm = 8;
 // Fewest keys per split: below this the fixed cost of a block (loading q, merging warps, writing
 // a partial row) is no longer small against streaming its keys.
 constexpr int kMinChunkTokens = 256;
@@ -73,10 +74,6 @@ struct KernelChoice {
   int head_chunks = 0;   // thread blocks per KV head
   std::string reason;    // why not, when unsupported
 };
-
-int max_group(DType storage) {
-  return is_fp8(storage) ? cuda_detail::max_decode_group<Fp8E4M3>() : cuda_detail::max_decode_group<Bf16>();
-}
 
 // The one place that decides which decode kernel serves a configuration (used by
 // decode_supported(), the plan and run()).
@@ -101,7 +98,7 @@ KernelChoice select_kernel(DType storage, DType q_dtype, int head_dim, int num_q
   const int group = num_q_heads / num_kv_heads;
   // The largest power of two <= the register budget that divides the group: a group of 8 over FP8
   // is two blocks of 4 heads, adjacent in the grid so that the second reads the pages from L2.
-  int g = max_group(storage);
+  int g = cuda_detail::max_decode_group(is_fp8(storage), head_dim);
   while (group % g != 0) g /= 2;
   c.supported = true;
   c.kernel_group = g;

@@ -4,22 +4,28 @@
 // warps covers one split's key range for kGroup query heads that share one KV head, so each K/V
 // byte is read from memory once for all of them and reused from registers (GQA).
 //
-// Inside a warp, a token row of kHeadDim elements is kRowThreads lanes x one 16-byte vector each
-// (FP8: 16 elements per lane, 16-bit: 8), so a warp reads kRows whole rows per load instruction;
-// kUnroll steps of K and V vectors are issued before the first is used (2 * kUnroll 16-byte loads in
-// flight per lane). Every lane keeps its own online-softmax state (m, l, acc) for the tokens of its
-// row; states are merged across rows (shuffles) and warps (shared memory) once at the end.
+// Inside a warp, q.K runs on the tensor cores (mma m16n8k16, FP32 accumulation): the query heads
+// are the rows of the A tile, 8 tokens the columns of B, and each lane loads its share of those
+// tokens' K rows with 16-byte vectors that are widened to fp16 (FP8 -> fp16 is exact) straight into
+// B fragments. Which channels a lane holds only has to agree between Q and K, so both use the
+// channel order the 16-byte loads give. P.V runs on the CUDA cores in a row layout (a token row is
+// kHeadDim / vector-width lanes, one 16-byte vector each), the probabilities fetched from the lanes
+// that computed them. Each iteration issues all K and V loads of its tokens (about 128 bytes per
+// lane) before the first is used. Every lane keeps the online-softmax state of its head (m, l) and
+// its part of the output; states are merged across lanes (shuffles) and warps (shared memory) once
+// at the end.
 //
-// Scales: per_tensor / per_head K scales are folded into q (q * softmax_scale * log2(e) * k_scale,
-// so the scores come out in log2 units for exp2), V scales multiply the output once. per_token
-// scales multiply each score (K) and each probability (V) as the token is consumed.
+// Scales: per_tensor / per_head K scales fold into the per-head score scale (softmax_scale *
+// log2(e) * k_scale, so scores come out in log2 units for exp2), V scales multiply the output once.
+// per_token scales multiply each score (K) and each probability (V) as the token is consumed.
 //
 // Splits: work items of a sequence with several splits write an FP32 partial output normalised by
-// its own softmax sum plus its log2-sum-exp; decode_merge_kernel (decode.cu) combines them. A sequence with a
-// single split writes the final output directly.
+// its own softmax sum plus its log2-sum-exp; decode_merge_kernel (decode.cu) combines them. A
+// sequence with a single split writes the final output directly.
 #pragma once
 
 #include <cstdint>
+#include <type_traits>
 
 #include "cuda/cache_write.cuh"
 #include "cuda/fp8_convert.cuh"
@@ -29,17 +35,14 @@ namespace fp8kv::cuda_detail {
 
 constexpr int kDecodeWarps = 4;
 constexpr int kDecodeThreads = kDecodeWarps * 32;
-// K+V loads kept in flight per lane: 2 * kUnroll 16-byte vectors (128 bytes per lane, 4 KiB per
-// warp), enough with 8+ resident warps per SM to cover HBM latency at full bandwidth.
-constexpr int kUnroll = 4;
 constexpr float kLog2e = 1.4426950408889634f;
 
-// Largest number of query heads one thread block handles for a storage type: q and the output
-// accumulator take kGroup * (elements per lane) registers each, kept <= 64 so that both fit with the
-// in-flight vectors under the 255-register limit without spilling.
-template <typename Storage>
-constexpr int max_decode_group() {
-  return 64 / StorageTraits<Storage>::kPerVector;
+// Largest number of query heads one thread block handles. The output accumulator takes
+// kGroup * (elements per 16-byte vector) registers per lane, kept <= 64 (FP8: 4 heads, 16-bit: 8);
+// 16-bit storage at head_dim 256 also holds 16 K+V vectors in flight and a split q, so it stops
+// at 4 heads to stay under 255 registers without spilling.
+constexpr int max_decode_group(bool fp8, int head_dim) {
+  return fp8 ? 4 : (head_dim == 256 ? 4 : 8);
 }
 
 struct DecodeParams {
@@ -94,16 +97,63 @@ __device__ __forceinline__ void store_activation(void* base, int64_t index, floa
   }
 }
 
+// ---- tensor-core helpers ----------------------------------------------------------------------
+
+// D += A * B for one m16n8k16 tile, FP32 accumulation. A rows are query heads (rows 8..15 are zero
+// here: a1 = a3 = 0), B columns are 8 tokens, k is 16 head-dim channels.
+template <bool kBf16>
+__device__ __forceinline__ void mma_m16n8k16(float (&d)[4], uint32_t a0, uint32_t a2, uint32_t b0, uint32_t b1) {
+  if constexpr (kBf16) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                 "{%0,%1,%2,%3};"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a0), "r"(0u), "r"(a2), "r"(0u), "r"(b0), "r"(b1));
+  } else {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                 "{%0,%1,%2,%3};"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a0), "r"(0u), "r"(a2), "r"(0u), "r"(b0), "r"(b1));
+  }
+}
+
+// The two B registers (k = 2c..2c+1 and 2c+8..2c+9 of one k-step) from the 32-bit words of a
+// loaded K vector: word `w` of 16-bit storage is one register as is; an FP8 word (4 codes) is
+// widened exactly to two f16x2 registers.
+template <typename Storage>
+__device__ __forceinline__ void k_fragment(const uint4& vec, int step, uint32_t& b0, uint32_t& b1) {
+  const uint32_t w[4] = {vec.x, vec.y, vec.z, vec.w};
+  if constexpr (StorageTraits<Storage>::kIsFp8) {
+    b0 = fp8x2_to_half2_bits<Storage>(static_cast<uint16_t>(w[step] & 0xffffu));
+    b1 = fp8x2_to_half2_bits<Storage>(static_cast<uint16_t>(w[step] >> 16));
+  } else {
+    b0 = w[2 * step];
+    b1 = w[2 * step + 1];
+  }
+}
+
 template <typename Storage, int kHeadDim, int kGroup>
 __global__ void __launch_bounds__(kDecodeThreads) paged_decode_kernel(const DecodeParams p) {
   using Traits = StorageTraits<Storage>;
-  constexpr int kE = Traits::kPerVector;         // elements per lane (one 16-byte vector)
-  constexpr int kRowThreads = kHeadDim / kE;     // lanes per token row
-  constexpr int kRows = 32 / kRowThreads;        // token rows per warp per load
-  constexpr int kWarpTile = kRows * kUnroll;     // tokens per warp per iteration
+  // BF16 storage multiplies in bf16 (K as stored); FP16 and FP8 storage in fp16 (FP8 widens to
+  // fp16 exactly).
+  constexpr bool kBf16Mma = std::is_same_v<Storage, Bf16>;
+  constexpr int kE = Traits::kPerVector;        // elements per 16-byte vector
+  constexpr int kRowVectors = kHeadDim / kE;    // vectors per token row
+  // K, tensor-core layout: lane = (token n = lane / 4, quad lane c = lane % 4); lane c loads the
+  // row's vectors c, c + 4, ... Each vector is kE / 4 k-steps of 4 channels per lane.
+  constexpr int kKVectors = kRowVectors / 4;
+  constexpr int kStepsPerVector = kE / 4;
+  constexpr int kKSteps = kHeadDim / 16;
+  // V, row layout: kRowVectors lanes per token row, kVRows rows per load.
+  constexpr int kVRows = 32 / kRowVectors;
+  constexpr int kVLoads = 8 / kVRows;           // V vectors per lane per 8 tokens
+  // 8-token steps per iteration: about 8 K+V vectors (128 bytes) in flight per lane.
+  constexpr int kSteps = kKVectors >= 4 ? 1 : 4 / kKVectors;
+  constexpr int kWarpTile = 8 * kSteps;
   constexpr int kBlockTile = kWarpTile * kDecodeWarps;
-  static_assert(kRowThreads >= 1 && kRowThreads <= 32, "a token row must fit in one warp");
-  static_assert(kGroup <= max_decode_group<Storage>(), "register budget: see max_decode_group()");
+  static_assert(kRowVectors % 4 == 0 && kRowVectors <= 32, "head_dim of 64, 128 or 256");
+  static_assert(kGroup <= 8, "query heads fill at most the first 8 rows of the m16 tile");
+  static_assert(kGroup <= max_decode_group(Traits::kIsFp8, kHeadDim), "register budget: see max_decode_group()");
 
   __shared__ float smem_acc[kDecodeWarps][kGroup][kHeadDim];
   __shared__ float smem_m[kDecodeWarps][kGroup];
@@ -111,8 +161,10 @@ __global__ void __launch_bounds__(kDecodeThreads) paged_decode_kernel(const Deco
 
   const int warp = static_cast<int>(threadIdx.x) / 32;
   const int lane = static_cast<int>(threadIdx.x) % 32;
-  const int row = lane / kRowThreads;
-  const int c0 = (lane % kRowThreads) * kE;
+  const int quad_row = lane / 4;   // K token / score row (query head)
+  const int quad_col = lane % 4;
+  const int v_row = lane / kRowVectors;
+  const int v_c0 = (lane % kRowVectors) * kE;
   const int kv_head = static_cast<int>(blockIdx.x) / p.head_chunks;
   const int q_head0 = kv_head * p.group + (static_cast<int>(blockIdx.x) % p.head_chunks) * kGroup;
   const int4 item = p.work[blockIdx.y];
@@ -131,30 +183,77 @@ __global__ void __launch_bounds__(kDecodeThreads) paged_decode_kernel(const Deco
   const int t_begin = split * p.chunk_tokens;
   const int t_end = min(seq_len, t_begin + p.chunk_tokens);
 
-  // Static scales: K's folds into q, V's multiplies the final output.
   const int scale_index = p.per_head ? kv_head : 0;
   const float k_static = p.k_scale != nullptr ? p.k_scale[scale_index] : 1.0f;
   const float v_static = p.v_scale != nullptr ? p.v_scale[scale_index] : 1.0f;
   const bool per_token = p.k_token_scale != nullptr;
 
-  float q[kGroup][kE];
+  // Q as A fragments: lane (row r, c) holds head q_head0 + r at the physical channels that k-step
+  // ks maps to k = 2c, 2c+1 (qa[ks][0]) and 2c+8, 2c+9 (qa[ks][1]); the same map is used for K, so
+  // the dot product is over the same channel pairs.
+  //   fp16 multiply: q is scaled by a power of two per head (exact) so that its largest value is
+  //   2^14, inside fp16's range whatever the bf16 input; the score undoes it in fp32.
+  //   bf16 multiply: q is split into hi + lo bf16 parts (exact for fp16 q; lo = 0 for bf16 q).
+  uint32_t qa[kKSteps][2];
+  uint32_t qa_lo[kKSteps][2];
+  float row_scale;  // this lane's head: softmax_scale * log2(e) * k_scale / (q's power of two)
   {
-    const float q_scale = p.score_scale * k_static;
-    const int64_t q_row0 = (static_cast<int64_t>(seq) * p.num_q_heads + q_head0) * kHeadDim + c0;
+    const bool active = quad_row < kGroup;
+    const int64_t q_row = (static_cast<int64_t>(seq) * p.num_q_heads + q_head0 + (active ? quad_row : 0)) * kHeadDim;
+    float q[kKSteps][4];
+    float amax = 0.0f;
 #pragma unroll
-    for (int g = 0; g < kGroup; ++g) {
+    for (int i = 0; i < kKVectors; ++i) {
 #pragma unroll
-      for (int e = 0; e < kE; ++e) q[g][e] = load_activation(p.q, q_row0 + g * kHeadDim + e, p.q_fp16) * q_scale;
+      for (int jj = 0; jj < kStepsPerVector; ++jj) {
+        const int base = (quad_col + 4 * i) * kE + 4 * jj;
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const float x = active ? load_activation(p.q, q_row + base + e, p.q_fp16) : 0.0f;
+          q[i * kStepsPerVector + jj][e] = x;
+          amax = fmaxf(amax, fabsf(x));
+        }
+      }
+    }
+    amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 1));
+    amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 2));
+    float q_mul = 1.0f;
+    float q_unmul = 1.0f;
+    if constexpr (!kBf16Mma) {
+      // Largest |q| lands in [2^14, 2^15): fp16 keeps 2^29 of dynamic range below it. The clamp keeps
+      // both powers of two normal floats (an all-zero head or a subnormal amax needs no care).
+      constexpr int kFp16TopExponent = 14;
+      constexpr int kMaxShift = 100;
+      const int amax_exponent = static_cast<int>((__float_as_uint(amax) >> 23) & 0xffu) - 127;
+      const int exponent = max(-kMaxShift, min(kMaxShift, kFp16TopExponent - amax_exponent));
+      q_mul = __uint_as_float(static_cast<uint32_t>(127 + exponent) << 23);
+      q_unmul = __uint_as_float(static_cast<uint32_t>(127 - exponent) << 23);
+    }
+    row_scale = p.score_scale * k_static * q_unmul;
+#pragma unroll
+    for (int ks = 0; ks < kKSteps; ++ks) {
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const float x0 = q[ks][2 * h] * q_mul;
+        const float x1 = q[ks][2 * h + 1] * q_mul;
+        if constexpr (kBf16Mma) {
+          qa[ks][h] = float2_to_bf16x2(x0, x1);
+          const float2 hi = bf16x2_to_float2(qa[ks][h]);
+          qa_lo[ks][h] = float2_to_bf16x2(x0 - hi.x, x1 - hi.y);
+        } else {
+          qa[ks][h] = float2_to_half2(x0, x1);
+          qa_lo[ks][h] = 0u;
+        }
+      }
     }
   }
+  const bool q_split = kBf16Mma && p.q_fp16;
 
-  float m[kGroup];
-  float l[kGroup];
+  float m = -INFINITY;  // running max of this lane's head (identical across its quad)
+  float l = 0.0f;       // this lane's share of the softmax sum (summed over the quad at the end)
   float acc[kGroup][kE];
 #pragma unroll
   for (int g = 0; g < kGroup; ++g) {
-    m[g] = -INFINITY;
-    l[g] = 0.0f;
 #pragma unroll
     for (int e = 0; e < kE; ++e) acc[g][e] = 0.0f;
   }
@@ -164,127 +263,141 @@ __global__ void __launch_bounds__(kDecodeThreads) paged_decode_kernel(const Deco
   const Storage* v_cache = static_cast<const Storage*>(p.v_cache);
   const int position_mask = (1 << p.log2_block_size) - 1;
 
+  // Splits start at multiples of 256 and warp tiles at multiples of 8: the 8 tokens of a step
+  // share one page (block sizes are powers of two >= 8).
   for (int tile = t_begin + warp * kWarpTile; tile < t_end; tile += kBlockTile) {
-    uint4 k_vec[kUnroll];
-    uint4 v_vec[kUnroll];
-    float k_tok[kUnroll];
-    float v_tok[kUnroll];
-    bool valid[kUnroll];
+    uint4 k_vec[kSteps][kKVectors];
+    uint4 v_vec[kSteps][kVLoads];
+    float2 k_tok[kSteps];
+    float2 v_tok[kSteps];
+    bool step_ok[kSteps];
 #pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
-      const int token = tile + u * kRows + row;
-      valid[u] = token < t_end;
-      int64_t block = valid[u] ? table[token >> p.log2_block_size] : 0;
+    for (int u = 0; u < kSteps; ++u) {
+      const int step = tile + 8 * u;
+      int64_t block = step < t_end ? table[step >> p.log2_block_size] : 0;
+      step_ok[u] = step < t_end;
       if (block < 0 || block >= p.num_blocks) {
         atomicOr(p.error_flags, kErrorBlockIdOutOfRange);
-        valid[u] = false;
+        step_ok[u] = false;
         block = 0;
       }
-      const int position = token & position_mask;
-      const int64_t offset = p.layout.token_offset(block, kv_head, position) + c0;
-      k_vec[u] = valid[u] ? load_vector(k_cache + offset) : make_uint4(0, 0, 0, 0);
-      v_vec[u] = valid[u] ? load_vector(v_cache + offset) : make_uint4(0, 0, 0, 0);
+      const int position0 = step & position_mask;
+      const Storage* k_page = k_cache + p.layout.token_offset(block, kv_head, position0);
+      const Storage* v_page = v_cache + p.layout.token_offset(block, kv_head, position0);
+      const bool k_ok = step_ok[u] && step + quad_row < t_end;
+#pragma unroll
+      for (int i = 0; i < kKVectors; ++i) {
+        k_vec[u][i] = k_ok ? load_vector(k_page + quad_row * kHeadDim + (quad_col + 4 * i) * kE) : make_uint4(0, 0, 0, 0);
+      }
+#pragma unroll
+      for (int i = 0; i < kVLoads; ++i) {
+        const int t = v_row + kVRows * i;
+        v_vec[u][i] = step_ok[u] && step + t < t_end ? load_vector(v_page + t * kHeadDim + v_c0) : make_uint4(0, 0, 0, 0);
+      }
       if (per_token) {
-        const int64_t s = p.layout.token_scale_offset(block, kv_head, position);
-        k_tok[u] = valid[u] ? p.k_token_scale[s] : 0.0f;
-        v_tok[u] = valid[u] ? p.v_token_scale[s] : 0.0f;
+        // Scores of tokens 2c and 2c+1 of the step: one 8-byte load each for K and V.
+        const int64_t s = p.layout.token_scale_offset(block, kv_head, position0) + 2 * quad_col;
+        k_tok[u] = step_ok[u] ? *reinterpret_cast<const float2*>(p.k_token_scale + s) : make_float2(0.0f, 0.0f);
+        v_tok[u] = step_ok[u] ? *reinterpret_cast<const float2*>(p.v_token_scale + s) : make_float2(0.0f, 0.0f);
       } else {
-        k_tok[u] = 1.0f;
-        v_tok[u] = 1.0f;
+        k_tok[u] = make_float2(1.0f, 1.0f);
+        v_tok[u] = make_float2(1.0f, 1.0f);
       }
     }
 
-    // Scores in log2 units: partial dot products over this lane's elements, summed across the row.
-    float s[kUnroll][kGroup];
+    // Scores (log2 units): lane (r, c) gets head r's scores of tokens 2c, 2c+1 of each step.
+    float s[kSteps][2];
 #pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
-      float k[kE];
-      Traits::unpack(k_vec[u], k);
+    for (int u = 0; u < kSteps; ++u) {
+      float d[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 #pragma unroll
-      for (int g = 0; g < kGroup; ++g) {
-        float dot = 0.0f;
+      for (int i = 0; i < kKVectors; ++i) {
 #pragma unroll
-        for (int e = 0; e < kE; ++e) dot = fmaf(q[g][e], k[e], dot);
-        s[u][g] = dot;
+        for (int jj = 0; jj < kStepsPerVector; ++jj) {
+          const int ks = i * kStepsPerVector + jj;
+          uint32_t b0, b1;
+          k_fragment<Storage>(k_vec[u][i], jj, b0, b1);
+          mma_m16n8k16<kBf16Mma>(d, qa[ks][0], qa[ks][1], b0, b1);
+          if (q_split) mma_m16n8k16<kBf16Mma>(d, qa_lo[ks][0], qa_lo[ks][1], b0, b1);
+        }
       }
-    }
-#pragma unroll
-    for (int offset = kRowThreads / 2; offset > 0; offset /= 2) {
-#pragma unroll
-      for (int u = 0; u < kUnroll; ++u) {
-#pragma unroll
-        for (int g = 0; g < kGroup; ++g) s[u][g] += __shfl_xor_sync(0xffffffffu, s[u][g], offset);
-      }
-    }
-#pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
-#pragma unroll
-      for (int g = 0; g < kGroup; ++g) s[u][g] = valid[u] ? s[u][g] * k_tok[u] : -INFINITY;
+      const int token = tile + 8 * u + 2 * quad_col;
+      s[u][0] = step_ok[u] && token < t_end ? d[0] * row_scale * k_tok[u].x : -INFINITY;
+      s[u][1] = step_ok[u] && token + 1 < t_end ? d[1] * row_scale * k_tok[u].y : -INFINITY;
     }
 
-    // Online softmax, rescaling the accumulator once per kUnroll tokens.
+    // Online softmax per head over the quad, the accumulator rescaled once per iteration.
+    float m_new = m;
 #pragma unroll
-    for (int g = 0; g < kGroup; ++g) {
-      float m_new = m[g];
+    for (int u = 0; u < kSteps; ++u) m_new = fmaxf(m_new, fmaxf(s[u][0], s[u][1]));
+    m_new = fmaxf(m_new, __shfl_xor_sync(0xffffffffu, m_new, 1));
+    m_new = fmaxf(m_new, __shfl_xor_sync(0xffffffffu, m_new, 2));
+    // All keys so far masked: keep exp2 arguments finite (-inf - -inf would be NaN).
+    const float m_ref = m_new == -INFINITY ? 0.0f : m_new;
+    const float correction = exp2f(m - m_ref);
+    l *= correction;
 #pragma unroll
-      for (int u = 0; u < kUnroll; ++u) m_new = fmaxf(m_new, s[u][g]);
-      // All keys so far masked: keep exp2 arguments finite (-inf - -inf would be NaN).
-      const float m_ref = m_new == -INFINITY ? 0.0f : m_new;
-      const float correction = exp2f(m[g] - m_ref);
-      float sum = 0.0f;
-#pragma unroll
-      for (int u = 0; u < kUnroll; ++u) {
-        const float prob = exp2f(s[u][g] - m_ref);
-        sum += prob;
-        s[u][g] = prob * v_tok[u];  // the V scale of a per-token cache weighs the probability
-      }
-      l[g] = l[g] * correction + sum;
-      m[g] = m_new;
-#pragma unroll
-      for (int e = 0; e < kE; ++e) acc[g][e] *= correction;
+    for (int u = 0; u < kSteps; ++u) {
+      const float p0 = exp2f(s[u][0] - m_ref);
+      const float p1 = exp2f(s[u][1] - m_ref);
+      l += p0 + p1;
+      s[u][0] = p0 * v_tok[u].x;  // a per-token V scale weighs the probability
+      s[u][1] = p1 * v_tok[u].y;
     }
-#pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
-      float v[kE];
-      Traits::unpack(v_vec[u], v);
+    m = m_new;
+
+    // P @ V on the CUDA cores in the row layout: the probabilities of this lane's V tokens come
+    // from the lanes holding them (head g's token t sits in lane 4g + t/2, element t % 2).
+    // Once the running max has settled, iterations rarely raise it: skip the rescale then.
+    if (__any_sync(0xffffffffu, correction != 1.0f)) {
 #pragma unroll
       for (int g = 0; g < kGroup; ++g) {
+        const float c = __shfl_sync(0xffffffffu, correction, 4 * g);
 #pragma unroll
-        for (int e = 0; e < kE; ++e) acc[g][e] = fmaf(s[u][g], v[e], acc[g][e]);
+        for (int e = 0; e < kE; ++e) acc[g][e] *= c;
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < kSteps; ++u) {
+#pragma unroll
+      for (int i = 0; i < kVLoads; ++i) {
+        const int t = v_row + kVRows * i;
+        float v[kE];
+        Traits::unpack(v_vec[u][i], v);
+#pragma unroll
+        for (int g = 0; g < kGroup; ++g) {
+          const float x0 = __shfl_sync(0xffffffffu, s[u][0], 4 * g + t / 2);
+          const float x1 = __shfl_sync(0xffffffffu, s[u][1], 4 * g + t / 2);
+          const float prob = (t & 1) ? x1 : x0;
+#pragma unroll
+          for (int e = 0; e < kE; ++e) acc[g][e] = fmaf(prob, v[e], acc[g][e]);
+        }
       }
     }
   }
 
-  // Merge the rows of the warp (lanes kRowThreads apart hold the same channels of other tokens).
+  // Rows of the V layout hold the same channels for different tokens, all relative to the same
+  // running max: plain sums merge them. The softmax sum is spread over each head's quad.
 #pragma unroll
-  for (int offset = kRowThreads; offset < 32; offset *= 2) {
+  for (int offset = kRowVectors; offset < 32; offset *= 2) {
 #pragma unroll
     for (int g = 0; g < kGroup; ++g) {
-      const float m_other = __shfl_xor_sync(0xffffffffu, m[g], offset);
-      const float l_other = __shfl_xor_sync(0xffffffffu, l[g], offset);
-      const float m_new = fmaxf(m[g], m_other);
-      const float m_ref = m_new == -INFINITY ? 0.0f : m_new;
-      const float a = exp2f(m[g] - m_ref);
-      const float b = exp2f(m_other - m_ref);
-      l[g] = l[g] * a + l_other * b;
-      m[g] = m_new;
 #pragma unroll
-      for (int e = 0; e < kE; ++e) {
-        const float other = __shfl_xor_sync(0xffffffffu, acc[g][e], offset);
-        acc[g][e] = acc[g][e] * a + other * b;
-      }
+      for (int e = 0; e < kE; ++e) acc[g][e] += __shfl_xor_sync(0xffffffffu, acc[g][e], offset);
     }
   }
-  if (row == 0) {
+  l += __shfl_xor_sync(0xffffffffu, l, 1);
+  l += __shfl_xor_sync(0xffffffffu, l, 2);
+  if (v_row == 0) {
 #pragma unroll
     for (int g = 0; g < kGroup; ++g) {
 #pragma unroll
-      for (int e = 0; e < kE; ++e) smem_acc[warp][g][c0 + e] = acc[g][e];
-      if (lane == 0) {
-        smem_m[warp][g] = m[g];
-        smem_l[warp][g] = l[g];
-      }
+      for (int e = 0; e < kE; ++e) smem_acc[warp][g][v_c0 + e] = acc[g][e];
     }
+  }
+  if (quad_col == 0 && quad_row < kGroup) {
+    smem_m[warp][quad_row] = m;
+    smem_l[warp][quad_row] = l;
   }
   __syncthreads();
 
@@ -330,7 +443,7 @@ void launch_paged_decode_group(const DecodeParams& p, int kernel_group, dim3 gri
     case 2: return launch_paged_decode_kernel<Storage, kHeadDim, 2>(p, grid, stream);
     case 4: return launch_paged_decode_kernel<Storage, kHeadDim, 4>(p, grid, stream);
     case 8:
-      if constexpr (8 <= max_decode_group<Storage>()) return launch_paged_decode_kernel<Storage, kHeadDim, 8>(p, grid, stream);
+      if constexpr (8 <= max_decode_group(StorageTraits<Storage>::kIsFp8, kHeadDim)) return launch_paged_decode_kernel<Storage, kHeadDim, 8>(p, grid, stream);
       break;
     default: break;
   }

@@ -2,8 +2,9 @@
 // turn FP8 / bf16 / fp16 bits into floats and back.
 //
 // FP8 encode is PTX `cvt.rn.satfinite.{e4m3x2,e5m2x2}.f32` (sm_89+): two floats to two codes in one
-// instruction, round-to-nearest-even with saturation to +-max and NaN kept NaN, which is exactly the
-// definition in include/fp8kv/fp8.h (tests/cuda/test_fp8_device.cu checks all 2^32 inputs). FP8
+// instruction, round-to-nearest-even with saturation to +-max, which is exactly the definition in
+// include/fp8kv/fp8.h except that the hardware drops a NaN's sign; one OR puts it back
+// (tests/cuda/test_fp8_device.cu checks all 2^32 inputs). FP8
 // decode is `cvt.rn.f16x2.{e4m3x2,e5m2x2}` (exact: every E4M3 and E5M2 value is an fp16 value)
 // followed by an exact fp16 -> fp32 widening. Older architectures (sm_80) fall back to the scalar
 // definition in fp8.h, bit-identical by construction and slower.
@@ -41,6 +42,9 @@ __device__ __forceinline__ uint16_t float2_to_fp8x2(float lo, float hi) {
     static_assert(std::is_same_v<Fp8, Fp8E5M2>, "FP8 storage is Fp8E4M3 or Fp8E5M2");
     asm("cvt.rn.satfinite.e5m2x2.f32 %0, %1, %2;" : "=h"(packed) : "f"(hi), "f"(lo));
   }
+  // The hardware writes every NaN as +NaN (0x7F); fp8.h keeps the input's sign (0xFF for -NaN).
+  packed |= static_cast<uint16_t>((lo != lo ? (__float_as_uint(lo) >> 24) & 0x80u : 0u) |
+                                  (hi != hi ? (__float_as_uint(hi) >> 16) & 0x8000u : 0u));
   return packed;
 #else
   return static_cast<uint16_t>(Fp8::from_float(lo).bits | (Fp8::from_float(hi).bits << 8));
