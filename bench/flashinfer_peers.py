@@ -25,6 +25,7 @@ import fp8kv
 HQ, HK, D, PAGE = 32, 8, 128, 16  # Llama-3-8B / Qwen3-8B attention shape
 DECODE_SHAPES = [(1, 4096), (1, 16384), (1, 65536), (8, 4096), (8, 16384), (32, 4096), (32, 16384)]
 PREFILL_SHAPES = [(1, 1024), (1, 4096), (4, 4096), (1, 16384)]
+MAX_EXACT_SEQ = 4096  # float32 SDPA reference up to this length (its memory grows with seq^2)
 
 
 def bench_us(fn):
@@ -73,6 +74,23 @@ def flashinfer_page_args(cache, seqs):
     return as_cuda(indptr), as_cuda(indices), as_cuda(last)
 
 
+def exact_prefill(q, cache, seqs, k_scale, v_scale, seq):
+    """float32 causal attention of the bf16 query over the dequantized FP8 pages: the answer for
+    the data both libraries read (each then adds its own rounding, e.g. of Q and P to FP8)."""
+    tables = cache.block_tables(seqs)
+    pages = math.ceil(seq / PAGE)
+    out = torch.empty(q.shape, dtype=torch.float32, device="cuda")
+    for b in range(len(seqs)):
+        idx = torch.from_numpy(tables[b, :pages]).long().cuda()
+        def tokens(pool, scale):  # [pages, HK, PAGE, D] -> [HK, seq, D]
+            return (pool.view(torch.uint8)[idx].view(torch.float8_e4m3fn).float() * scale).permute(1, 0, 2, 3).reshape(HK, pages * PAGE, D)[:, :seq]
+        qb = q[b * seq:(b + 1) * seq].float().transpose(0, 1)
+        out[b * seq:(b + 1) * seq] = torch.nn.functional.scaled_dot_product_attention(
+            qb, tokens(cache.k_cache(0), k_scale), tokens(cache.v_cache(0), v_scale), is_causal=True,
+            enable_gqa=True).transpose(0, 1)
+    return out
+
+
 def decode_row(flashinfer, workspace, batch, context):
     cache, seqs, k_scale, v_scale, g = filled_cache(batch, context, seed=batch * 7 + context)
     q = torch.randn(batch, HQ, D, generator=g, device="cuda").to(torch.bfloat16)
@@ -107,10 +125,13 @@ def prefill_row(flashinfer, workspace, batch, seq):
     tables, lens = cache.block_tables(seqs, device="cuda"), cache.seq_lens(seqs, device="cuda")
     out = torch.empty_like(q)
     fp8kv.paged_prefill(q8, cache, 0, tables, cu_q, lens, out=out, q_descale=q_scale)
+    exact = exact_prefill(q, cache, seqs, k_scale, v_scale, seq) if seq <= MAX_EXACT_SEQ else None
     ours = bench_us(lambda: fp8kv.paged_prefill(q8, cache, 0, tables, cu_q, lens, out=out, q_descale=q_scale))
     flops = 4 * batch * HQ * seq * seq * D / 2
     row = {"batch": batch, "seq": seq, "fp8kv_us": ours, "fp8kv_TFLOPs": flops / (ours * 1e-6) / 1e12,
            "fp8kv_q": "fp8_e4m3 (quantize_heads, not timed)"}
+    if exact is not None:
+        row["fp8kv_rel_err_vs_exact"] = rel_diff(out, exact)
     if flashinfer is None:
         return row
     indptr, indices, last = flashinfer_page_args(cache, seqs)
@@ -136,6 +157,8 @@ def prefill_row(flashinfer, workspace, batch, seq):
             us = bench_us(lambda: wrapper.run(c["q"], pools, **kwargs))
             row[name] = {"flashinfer_us": us, "flashinfer_TFLOPs": flops / (us * 1e-6) / 1e12,
                          "max_rel_diff": rel_diff(out, theirs_out), "speedup_vs_flashinfer": us / ours}
+            if exact is not None:
+                row[name]["rel_err_vs_exact"] = rel_diff(theirs_out, exact)
             if best is None or us < row[best]["flashinfer_us"]:
                 best = name
         except Exception as e:
@@ -149,7 +172,8 @@ def prefill_row(flashinfer, workspace, batch, seq):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, help="JSON results path")
-    parser.add_argument("--skip-prefill", action="store_true")
+    parser.add_argument("--only", choices=["decode", "prefill"], help="run one of the two tables")
+    parser.add_argument("--prefill-shapes", help="batch x seq list, e.g. 1x1024,1x4096 (default: the full table)")
     args = parser.parse_args()
 
     result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
@@ -181,9 +205,13 @@ def main():
             with open(args.out, "w") as f:  # after every row: a cut-off run keeps what it measured
                 json.dump(result, f, indent=1)
 
-    run_rows("decode", decode_row, DECODE_SHAPES)
-    if not args.skip_prefill:
-        run_rows("paged_prefill", prefill_row, PREFILL_SHAPES)
+    if args.only != "prefill":
+        run_rows("decode", decode_row, DECODE_SHAPES)
+    if args.only != "decode":
+        shapes = PREFILL_SHAPES
+        if args.prefill_shapes:
+            shapes = [tuple(int(n) for n in s.split("x")) for s in args.prefill_shapes.split(",")]
+        run_rows("paged_prefill", prefill_row, shapes)
     print(f"{'op':14} {'shape':>12} {'fp8kv us':>10} {'FI us':>10} {'speedup':>8} {'rel diff':>9}")
     for op in ("decode", "paged_prefill"):
         for r in result.get(op, []):
