@@ -82,8 +82,9 @@ def exact_prefill(q, cache, seqs, k_scale, v_scale, seq):
     out = torch.empty(q.shape, dtype=torch.float32, device="cuda")
     for b in range(len(seqs)):
         idx = torch.from_numpy(tables[b, :pages]).long().cuda()
-        def tokens(pool, scale):  # [pages, HK, PAGE, D] -> [HK, seq, D]
-            return (pool.view(torch.uint8)[idx].view(torch.float8_e4m3fn).float() * scale).permute(1, 0, 2, 3).reshape(HK, pages * PAGE, D)[:, :seq]
+        def tokens(pool, scale):  # [pages, HK, PAGE, D] -> [HK, seq, D]; gather on bytes, then decode
+            values = pool.view(torch.uint8)[idx].view(torch.float8_e4m3fn).float() * scale
+            return values.permute(1, 0, 2, 3).reshape(HK, pages * PAGE, D)[:, :seq]
         qb = q[b * seq:(b + 1) * seq].float().transpose(0, 1)
         out[b * seq:(b + 1) * seq] = torch.nn.functional.scaled_dot_product_attention(
             qb, tokens(cache.k_cache(0), k_scale), tokens(cache.v_cache(0), v_scale), is_causal=True,

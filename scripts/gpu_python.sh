@@ -3,9 +3,12 @@
 # build and install fp8kv with its CUDA kernels through `pip install .`, run the pytest suite (GPU
 # and CPU tests), the PyTorch decode-loop example, and the FlashInfer comparison.
 #
-#   run (device tool), carry [".whl", ".devcarry/python"]:  bash scripts/gpu_python.sh [build|test|bench|all]
+#   run (device tool), carry [".whl", ".devcarry/python", ".deps/cutlass_wheel/cutlass_library/source/include"]:
+#     bash scripts/gpu_python.sh [build|test|bench|all] [extra arguments for bench/flashinfer_peers.py]
 #
-# .whl holds flashinfer-python and the dependencies the GPU image lacks (see python/README.md);
+# .whl holds flashinfer-python 0.6.1 and apache-tvm-ffi / nvidia-cudnn-frontend, which the GPU image
+# lacks (python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 ... -d .whl);
+# the CUTLASS/CuTe headers (scripts/setup.sh fetches them) are git-ignored, so they travel too;
 # .devcarry/python/prefix holds the header-only nlohmann-json and CLI11 CMake packages, which the
 # top-level CMakeLists requires and the GPU image does not have. Logs and JSON go to $OUT.
 set -uo pipefail
@@ -40,6 +43,6 @@ if [ "$stage" = test ] || [ "$stage" = all ]; then
 fi
 
 if [ "$stage" = bench ] || [ "$stage" = all ]; then
-  python3 bench/flashinfer_peers.py --out "$OUT/flashinfer_h100.json" 2>&1 | tee "$OUT/bench.log" | tail -16 || status=1
+  python3 bench/flashinfer_peers.py --out "$OUT/flashinfer_h100.json" "${@:2}" 2>&1 | tee "$OUT/bench.log" | tail -16 || status=1
 fi
 exit $status
