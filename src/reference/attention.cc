@@ -108,6 +108,7 @@ void store_row(const TensorRef& out, int64_t row, int head, const double* values
 }  // namespace
 
 void paged_decode(const DecodeArgs& args) {
+  detail::require_cpu(args.cache.device, "cache");
   validate(args);
   const int64_t batch = args.q.size(0);
   const int q_heads = static_cast<int>(args.q.size(1));
@@ -128,6 +129,7 @@ void paged_decode(const DecodeArgs& args) {
 }
 
 void prefill(const PrefillArgs& args) {
+  detail::require_cpu(args.q.device, "q");
   validate(args);
   const int64_t batch = args.cu_seqlens_q.size(0) - 1;
   const int q_heads = static_cast<int>(args.q.size(1));
@@ -165,6 +167,7 @@ void prefill(const PrefillArgs& args) {
 }
 
 void paged_prefill(const PagedPrefillArgs& args) {
+  detail::require_cpu(args.cache.device, "cache");
   validate(args);
   const int64_t batch = args.block_tables.size(0);
   const int q_heads = static_cast<int>(args.q.size(1));

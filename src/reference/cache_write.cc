@@ -30,6 +30,7 @@ float row_amax(const float* row, int head_dim) {
 }  // namespace
 
 void write_kv_cache(const CacheWriteArgs& args) {
+  detail::require_cpu(args.cache.device, "cache");
   validate(args);
   const PagedKvLayer& cache = args.cache;
   const PagedLayout& layout = cache.layout;

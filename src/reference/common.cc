@@ -10,6 +10,8 @@
 #include <thread>
 #include <vector>
 
+#include "fp8kv/error.h"
+
 namespace fp8kv::reference::detail {
 
 float round_to_odd(double value) {
@@ -32,6 +34,11 @@ void store_rounded(void* data, DType dtype, int64_t index, double value) {
     return;
   }
   store(data, dtype, index, round_to_odd(value));
+}
+
+void require_cpu(Device device, const char* argument) {
+  FP8KV_REQUIRE(device == Device::kCpu, argument,
+                "the CPU reference needs host tensors, got a CUDA one (use the CUDA entry points in fp8kv/cuda.h)");
 }
 
 namespace {

@@ -7,6 +7,7 @@
 
 #include "fp8kv/dtype.h"
 #include "fp8kv/fp8.h"
+#include "fp8kv/tensor.h"
 
 namespace fp8kv::reference::detail {
 
@@ -43,6 +44,10 @@ float round_to_odd(double value);
 
 // Rounds a float64 result once to the output dtype (float32, bf16 or fp16) and stores it.
 void store_rounded(void* data, DType dtype, int64_t index, double value);
+
+// The reference reads and writes its tensors directly: they must be host tensors. (validate()
+// accepts CUDA tensors too; the CUDA entry points take those.)
+void require_cpu(Device device, const char* argument);
 
 // Runs fn(i) for every i in [0, count) on up to std::thread::hardware_concurrency() threads
 // (FP8KV_REFERENCE_THREADS overrides). Items are handed out one at a time, so uneven items

@@ -262,5 +262,38 @@ TEST(QuantizeReference, RejectsBadArguments) {
   expect_bad([&] { reference::dequantize(qt, TensorRef(out.data(), DType::kFloat32, {2, kHeads, kDim}), ScaleGranularity::kPerTensor, s1); }, "scales");
 }
 
+TEST(ReferenceDevices, CudaTensorsAreRejectedNotRead) {
+  // Non-null pointers that must never be dereferenced: the reference refuses device tensors.
+  alignas(16) static uint8_t fake[64];
+  PagedKvLayer cache;
+  cache.layout = PagedLayout{kHeads, kBs, kDim};
+  cache.num_blocks = kBlocks;
+  cache.dtype = DType::kBFloat16;
+  cache.device = Device::kCuda;
+  cache.k = cache.v = fake;
+  DecodeArgs d;
+  d.cache = cache;
+  d.q = TensorRef(fake, DType::kBFloat16, {1, kHeads, kDim}, Device::kCuda);
+  d.out = d.q;
+  d.block_tables = TensorRef(fake, DType::kInt32, {1, 1}, Device::kCuda);
+  d.seq_lens = TensorRef(fake, DType::kInt32, {1}, Device::kCuda);
+  d.softmax_scale = 0.125f;
+  try {
+    reference::paged_decode(d);
+    FAIL() << "accepted CUDA tensors";
+  } catch (const InvalidArgument& e) {
+    EXPECT_EQ(e.argument(), "cache");
+  }
+  PrefillArgs p;
+  p.q = d.q;
+  EXPECT_THROW(reference::prefill(p), InvalidArgument);
+  CacheWriteArgs w;
+  w.cache = cache;
+  EXPECT_THROW(reference::write_kv_cache(w), InvalidArgument);
+  PagedPrefillArgs pp;
+  pp.cache = cache;
+  EXPECT_THROW(reference::paged_prefill(pp), InvalidArgument);
+}
+
 }  // namespace
 }  // namespace fp8kv
