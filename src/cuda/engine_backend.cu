@@ -4,11 +4,10 @@
 // Attention dispatch (one place, asked once per step):
 //   * every sequence adds one token (decode): the paged decode kernel, planned once per step on
 //     the host and reused by every layer;
-//   * prefill chunks over an FP8 E4M3 cache: Q is quantised to E4M3 per KV-head group and the
-//     FP8 paged-prefill kernel runs (Hopper wgmma);
-//   * prefill chunks over other caches (bf16, fp16, E5M2): the decode kernel over one row per new
-//     token, row i of a sequence seeing its prefix plus i + 1 keys: the causal mask of a prefill,
-//     exactly.
+//   * prefill chunks: the decode kernel over one row per new token, row i of a sequence seeing its
+//     prefix plus i + 1 keys: the causal mask of a prefill, exactly, for every cache format. The
+//     FP8 paged-prefill kernel (cuda_prefill.h) is not used yet: wired in here, it hit an illegal
+//     memory access on the tiny golden models (head_dim 64) in the first GPU run.
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 
@@ -19,7 +18,6 @@
 #include "cuda/cuda_check.h"
 #include "cuda/engine_ops.cuh"
 #include "fp8kv/cuda.h"
-#include "fp8kv/cuda_prefill.h"
 #include "fp8kv/engine/backend.h"
 #include "fp8kv/error.h"
 
@@ -146,10 +144,6 @@ class CudaBackend final : public Backend {
   void attention(const TensorRef& q, const PagedKvLayer& cache, const AttentionBatch& batch, float softmax_scale,
                  const TensorRef& out) override {
     const bool decode = batch.max_q_len == 1;
-    if (!decode && cache.dtype == DType::kFp8E4M3) {
-      fp8_prefill(q, cache, batch, softmax_scale, out);
-      return;
-    }
     DecodeArgs args;
     args.q = q;
     args.cache = cache;
@@ -233,37 +227,10 @@ class CudaBackend final : public Backend {
     return true;
   }
 
-  void fp8_prefill(const TensorRef& q, const PagedKvLayer& cache, const AttentionBatch& batch, float softmax_scale,
-                   const TensorRef& out) {
-    const int64_t total_q = q.size(0), heads = q.size(1), d = q.size(2);
-    if (!q_fp8_.defined() || q_fp8_.numel() < q.numel()) {
-      q_fp8_ = DeviceTensor(Device::kCuda, DType::kFp8E4M3, {q.numel()});
-    }
-    if (!q_scale_.defined() || q_scale_.numel() < cache.layout.num_kv_heads) {
-      q_scale_ = DeviceTensor(Device::kCuda, DType::kFloat32, {cache.layout.num_kv_heads});
-    }
-    TensorRef q8 = q_fp8_.ref();
-    q8.ndim = 3;
-    q8.shape = {total_q, heads, d, 0, 0, 0};
-    const TensorRef scale = q_scale_.rows(cache.layout.num_kv_heads);
-    cuda::quantize_heads(q, q8, scale, false, 0);
-    PagedPrefillArgs args;
-    args.q = q8;
-    args.cache = cache;
-    args.block_tables = batch.block_tables;
-    args.cu_seqlens_q = batch.cu_seqlens_q;
-    args.seq_lens = batch.seq_lens;
-    args.out = out;
-    args.softmax_scale = softmax_scale;
-    args.q_descale = scale;
-    cuda::paged_prefill(args);
-  }
-
   cublasHandle_t cublas_ = nullptr;
   int64_t planned_step_ = -1;
   std::unique_ptr<cuda::DecodePlan> plan_;
   std::vector<int32_t> planned_lens_;
-  DeviceTensor q_fp8_, q_scale_;
 };
 
 }  // namespace
