@@ -463,8 +463,9 @@ void Tokenizer::Impl::encode_word(const std::string& bytes, std::vector<int32_t>
   }
   std::priority_queue<Candidate, std::vector<Candidate>, std::greater<Candidate>> heap;
   const auto push = [&](int32_t pos) {
+    if (pos < 0) return;
     const int32_t right = next[static_cast<size_t>(pos)];
-    if (pos < 0 || right < 0) return;
+    if (right < 0) return;
     const int32_t a = symbols[static_cast<size_t>(pos)], b = symbols[static_cast<size_t>(right)];
     const auto it = merges.find(pair_key(a, b));
     if (it != merges.end()) heap.push({it->second.first, pos, a, b, it->second.second});
