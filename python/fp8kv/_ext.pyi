@@ -25,6 +25,7 @@ class FileError(Error, OSError):
     """A file (config.json, checkpoint) is missing, truncated or inconsistent."""
 
 
+
 class ModelShape:
     """
     The attention-relevant shape of a decoder-only model (layers, heads, head_dim, dtype).
@@ -147,6 +148,8 @@ def kv_cache_dtype_name(kv_cache_dtype: str, model_dtype: str = 'bfloat16') -> s
     """
     Canonical storage name of a vLLM-style --kv-cache-dtype ('auto', 'fp8', 'fp8_e4m3', 'fp8_e5m2', ...).
     """
+
+def check_cache_args(num_layers: int, num_kv_heads: int, head_dim: int, num_blocks: int, block_size: int = 16, kv_cache_dtype: str = 'fp8', kv_scales: str = 'per_tensor', device: str = 'cpu', model_dtype: str = 'bfloat16') -> None: ...
 
 class KvCache:
     """
