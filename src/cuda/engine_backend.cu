@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <memory>
 #include <string>
+#include <tuple>
 
 #include "cuda/cuda_check.h"
 #include "cuda/engine_ops.cuh"
@@ -154,7 +155,7 @@ class CudaBackend final : public Backend {
     const std::vector<int32_t>& lens = decode ? batch.host_seq_lens : batch.host_row_seq_lens;
     if (batch.step != planned_step_) {
       planned_step_ = batch.step;
-      if (!plan_covers(lens)) {
+      if (!plan_covers(lens, cache)) {
         if (!cuda::decode_supported(cache.dtype, q.dtype, cache.layout.head_dim, static_cast<int>(q.size(1)),
                                     cache.layout.num_kv_heads)) {
           throw Unsupported(std::string("paged decode over a ") + kv_cache_dtype_name(cache.dtype) +
@@ -165,6 +166,7 @@ class CudaBackend final : public Backend {
         plan_.reset();
         plan_ = std::make_unique<cuda::DecodePlan>(args, lens, options);
         planned_lens_ = lens;
+        planned_format_ = {cache.dtype, cache.granularity, cache.layout.block_size};
       }
     }
     plan_->run(args);
@@ -218,9 +220,11 @@ class CudaBackend final : public Backend {
   }
 
  private:
-  // A plan made for lengths L serves lengths in [L, L + headroom] of the same rows.
-  bool plan_covers(const std::vector<int32_t>& lens) const {
+  // A plan made for lengths L serves lengths in [L, L + headroom] of the same rows, over a cache of
+  // the same format.
+  bool plan_covers(const std::vector<int32_t>& lens, const PagedKvLayer& cache) const {
     if (!plan_ || lens.size() != planned_lens_.size()) return false;
+    if (std::make_tuple(cache.dtype, cache.granularity, cache.layout.block_size) != planned_format_) return false;
     for (size_t i = 0; i < lens.size(); ++i) {
       if (lens[i] < planned_lens_[i] || lens[i] > planned_lens_[i] + kPlanHeadroomTokens) return false;
     }
@@ -231,6 +235,7 @@ class CudaBackend final : public Backend {
   int64_t planned_step_ = -1;
   std::unique_ptr<cuda::DecodePlan> plan_;
   std::vector<int32_t> planned_lens_;
+  std::tuple<DType, ScaleGranularity, int32_t> planned_format_;
 };
 
 }  // namespace
