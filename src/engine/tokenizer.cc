@@ -361,13 +361,31 @@ void Tokenizer::Impl::parse_post_processor(const json& p) {
 // normalized == false match the raw text, the others the normalised text (two passes), as in
 // `tokenizers`' AddedVocabulary.
 std::vector<Segment> Tokenizer::Impl::split_added(const std::vector<Segment>& in, bool normalized_pass) const {
-  std::vector<const AddedToken*> candidates;
+  // Candidates bucketed by first byte: a text position costs one lookup, not one compare per
+  // added token (Llama-3 has 256).
+  std::array<std::vector<const AddedToken*>, 256> by_first_byte;
+  bool any = false;
   for (const auto& a : added) {
-    if (a.normalized == normalized_pass && !a.content.empty()) candidates.push_back(&a);
+    if (a.normalized == normalized_pass && !a.content.empty()) {
+      by_first_byte[static_cast<unsigned char>(a.content[0])].push_back(&a);
+      any = true;
+    }
   }
-  if (candidates.empty()) return in;
+  if (!any) return in;
   const auto is_word_char = [](char32_t c) { return unicode::is_letter(c) || unicode::is_number(c) || c == '_'; };
   const auto is_space_byte = [](char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v' || c == '\f'; };
+  // The code point that ends just before byte `pos` / starts at `pos` (input is valid UTF-8).
+  const auto char_before = [](const std::string& t, size_t pos) {
+    size_t k = pos;
+    do --k;
+    while (k > 0 && (static_cast<unsigned char>(t[k]) & 0xC0) == 0x80);
+    return unicode::decode_utf8(t.substr(k, pos - k), "text").front();
+  };
+  const auto char_at = [](const std::string& t, size_t pos) {
+    size_t k = pos + 1;
+    while (k < t.size() && (static_cast<unsigned char>(t[k]) & 0xC0) == 0x80) ++k;
+    return unicode::decode_utf8(t.substr(pos, k - pos), "text").front();
+  };
 
   std::vector<Segment> out;
   for (const Segment& seg : in) {
@@ -380,13 +398,12 @@ std::vector<Segment> Tokenizer::Impl::split_added(const std::vector<Segment>& in
     size_t i = 0;
     while (i < t.size()) {
       const AddedToken* best = nullptr;
-      for (const AddedToken* a : candidates) {
+      for (const AddedToken* a : by_first_byte[static_cast<unsigned char>(t[i])]) {
         if (t.compare(i, a->content.size(), a->content) != 0) continue;
         if (best && a->content.size() <= best->content.size()) continue;
         if (a->single_word) {
-          const std::u32string before = unicode::decode_utf8(t.substr(text_start, i - text_start), "text");
-          const std::u32string after = unicode::decode_utf8(t.substr(i + a->content.size()), "text");
-          if ((!before.empty() && is_word_char(before.back())) || (!after.empty() && is_word_char(after.front()))) continue;
+          const size_t end = i + a->content.size();
+          if ((i > 0 && is_word_char(char_before(t, i))) || (end < t.size() && is_word_char(char_at(t, end)))) continue;
         }
         best = a;
       }
