@@ -3,7 +3,9 @@
 Invoked by the C++ benchmark in the same run:  python3 bench/decode_peers.py --request points.json
 where points.json is a list of {shape, num_q_heads, num_kv_heads, head_dim, batch, context}.
 Prints one JSON object: {"backend", "torch", "gpu", "results": [{..., "us": median µs}]}.
-Timing: triton.testing.do_bench (CUDA events, L2 flushed between runs), median.
+Timing as the C++ side does it: CUDA events around one call at a time, the L2 flushed before each
+call by reading a 256 MiB buffer (reading leaves no dirty lines to write back inside the timed
+region), median of the repeats.
 """
 import argparse
 import json
@@ -14,7 +16,31 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 
-def time_point(p):
+FLUSH = None
+
+
+def median_us(fn, warmup, repeats):
+    global FLUSH
+    if FLUSH is None:
+        FLUSH = torch.ones(256 << 20, dtype=torch.int8, device="cuda")
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    start = torch.cuda.Event(enable_timing=True)
+    stop = torch.cuda.Event(enable_timing=True)
+    times = []
+    for _ in range(repeats):
+        FLUSH.sum()
+        start.record()
+        fn()
+        stop.record()
+        stop.synchronize()
+        times.append(1000.0 * start.elapsed_time(stop))
+    times.sort()
+    return times[len(times) // 2]
+
+
+def time_point(p, repeats):
     hq, hk, d = p["num_q_heads"], p["num_kv_heads"], p["head_dim"]
     b, n = p["batch"], p["context"]
     gen = torch.Generator(device="cuda").manual_seed(0)
@@ -26,11 +52,7 @@ def time_point(p):
         with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
             return F.scaled_dot_product_attention(q, k, v, enable_gqa=True)
 
-    step()
-    torch.cuda.synchronize()
-    import triton.testing
-
-    us = 1000.0 * triton.testing.do_bench(step, warmup=25, rep=100, return_mode="median")
+    us = median_us(step, warmup=5, repeats=repeats)
     del q, k, v
     torch.cuda.empty_cache()
     return us
@@ -39,6 +61,7 @@ def time_point(p):
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--request", required=True)
+    parser.add_argument("--repeats", type=int, default=30)
     args = parser.parse_args()
     with open(args.request) as f:
         points = json.load(f)
@@ -46,7 +69,7 @@ def main():
     for p in points:
         r = dict(p)
         try:
-            r["us"] = time_point(p)
+            r["us"] = time_point(p, args.repeats)
         except (RuntimeError, torch.OutOfMemoryError) as e:  # report, keep the other points
             r["us"] = None
             r["error"] = str(e).splitlines()[0]

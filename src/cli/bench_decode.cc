@@ -172,7 +172,8 @@ std::map<std::tuple<std::string, int, int>, double> run_peers(const Options& o,
   }
   const std::string request_path = "/tmp/fp8kv_decode_peers_request.json";
   std::ofstream(request_path) << request.dump();
-  const std::string command = "python3 " + o.peers_script + " --request " + request_path;
+  const std::string command =
+      "python3 " + o.peers_script + " --request " + request_path + " --repeats " + std::to_string(o.repeats);
   FILE* pipe = popen(command.c_str(), "r");
   if (pipe == nullptr) {
     *status = "failed: could not start " + command;
@@ -235,7 +236,7 @@ void run_bench(const Options& o) {
   const double read_gbs = cuda_bench::measure_read_bandwidth_gbs(size_t{4} << 30, 20);
   j["read_bandwidth_gbs"] = read_gbs;
   j["method"] = "CUDA events, median of " + std::to_string(o.repeats) +
-                " single runs, 256 MiB L2 flush before each; plan computed once outside the timing; q bf16, "
+                " single runs, L2 flushed by reading 256 MiB before each; plan computed once outside the timing; q bf16, "
                 "out bf16; effective bandwidth = K+V bytes (+ scales) / time";
   std::cerr << "read bandwidth: " << read_gbs << " GB/s\n";
 

@@ -22,7 +22,8 @@ void fill_random(void* ptr, DType dtype, size_t count, uint64_t seed);
 void fill_uniform(float* ptr, size_t count, float lo, float hi, uint64_t seed);
 
 // Median time in microseconds of `fn` (which enqueues work on the default stream), timed with CUDA
-// events one call at a time after `warmup` calls, with the L2 cache flushed before every call.
+// events one call at a time after `warmup` calls, with the L2 cache flushed (by reading 256 MiB)
+// before every call.
 double time_median_us(const std::function<void()>& fn, int warmup, int repeats);
 
 // Name of the current device ("NVIDIA H100 80GB HBM3") and its free / total memory.

@@ -12,7 +12,13 @@
 
 namespace fp8kv::cuda_detail {
 
-// Combines the splits of each multi-split sequence: grid (num_q_heads, batch), kHeadDim threads.
+// Combines the splits of each multi-split sequence: grid (num_q_heads, batch), head_dim threads,
+// one output channel each. The split weights exp2(lse - max) are computed once per block into
+// shared memory (kMergeChunk at a time), so the channel loop only streams partial outputs, with
+// several independent loads in flight (a loop that waited for each load would cost one memory
+// latency per split: ~50 us for the 128 splits of a single 128k-token sequence).
+constexpr int kMergeChunk = 1024;
+
 struct DecodeMergeParams {
   const int4* seq_work;       // [batch]: (first work item, splits, -, -)
   const float* partial_o;     // [num_work, num_q_heads, head_dim]
@@ -24,27 +30,45 @@ struct DecodeMergeParams {
 };
 
 __global__ void decode_merge_kernel(const DecodeMergeParams p) {
+  __shared__ float weights[kMergeChunk];
+  __shared__ float warp_max[32];
   const int head = static_cast<int>(blockIdx.x);
   const int seq = static_cast<int>(blockIdx.y);
+  const int tid = static_cast<int>(threadIdx.x);
+  const int threads = static_cast<int>(blockDim.x);
   const int4 sw = p.seq_work[seq];
   const int first = sw.x;
   const int splits = sw.y;
   if (splits <= 1) return;  // written directly by the main kernel
-  float lse_max = -INFINITY;
-  for (int i = 0; i < splits; ++i) lse_max = fmaxf(lse_max, p.partial_lse[static_cast<int64_t>(first + i) * p.num_q_heads + head]);
-  const float ref = lse_max == -INFINITY ? 0.0f : lse_max;
-  for (int c = static_cast<int>(threadIdx.x); c < p.head_dim; c += static_cast<int>(blockDim.x)) {
-    float weight_sum = 0.0f;
-    float o = 0.0f;
-    for (int i = 0; i < splits; ++i) {
-      const int64_t r = static_cast<int64_t>(first + i) * p.num_q_heads + head;
-      const float weight = exp2f(p.partial_lse[r] - ref);
-      weight_sum += weight;
-      o += weight * p.partial_o[r * p.head_dim + c];
+  auto lse = [&](int i) { return p.partial_lse[static_cast<int64_t>(first + i) * p.num_q_heads + head]; };
+
+  float m = -INFINITY;
+  for (int i = tid; i < splits; i += threads) m = fmaxf(m, lse(i));
+  for (int offset = 16; offset > 0; offset /= 2) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, offset));
+  if (tid % 32 == 0) warp_max[tid / 32] = m;
+  __syncthreads();
+  m = -INFINITY;
+  for (int w = 0; w < threads / 32; ++w) m = fmaxf(m, warp_max[w]);
+  const float ref = m == -INFINITY ? 0.0f : m;  // every split empty: all weights 0, output 0
+
+  const int c = tid;  // blockDim.x == head_dim
+  float weight_sum = 0.0f;
+  float o = 0.0f;
+  for (int chunk = 0; chunk < splits; chunk += kMergeChunk) {
+    const int n = min(kMergeChunk, splits - chunk);
+    __syncthreads();
+    for (int i = tid; i < n; i += threads) weights[i] = exp2f(lse(chunk + i) - ref);
+    __syncthreads();
+    const float* po = p.partial_o + (static_cast<int64_t>(first + chunk) * p.num_q_heads + head) * p.head_dim + c;
+    const int64_t stride = static_cast<int64_t>(p.num_q_heads) * p.head_dim;
+#pragma unroll 8
+    for (int i = 0; i < n; ++i) {
+      weight_sum += weights[i];
+      o = fmaf(weights[i], po[i * stride], o);
     }
-    o = weight_sum > 0.0f ? o / weight_sum : 0.0f;
-    store_activation(p.out, (static_cast<int64_t>(seq) * p.num_q_heads + head) * p.head_dim + c, o, p.out_fp16);
   }
+  o = weight_sum > 0.0f ? o / weight_sum : 0.0f;
+  store_activation(p.out, (static_cast<int64_t>(seq) * p.num_q_heads + head) * p.head_dim + c, o, p.out_fp16);
 }
 
 }  // namespace fp8kv::cuda_detail

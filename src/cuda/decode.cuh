@@ -10,8 +10,8 @@
 // B fragments. Which channels a lane holds only has to agree between Q and K, so both use the
 // channel order the 16-byte loads give. P.V runs on the CUDA cores in a row layout (a token row is
 // kHeadDim / vector-width lanes, one 16-byte vector each), the probabilities fetched from the lanes
-// that computed them. Each iteration issues all K and V loads of its tokens (about 128 bytes per
-// lane) before the first is used. Every lane keeps the online-softmax state of its head (m, l) and
+// that computed them. K/V vectors (and per-token scales) stream through a per-warp ring of
+// shared-memory stages filled by cp.async, several iterations ahead of the compute. Every lane keeps the online-softmax state of its head (m, l) and
 // its part of the output; states are merged across lanes (shuffles) and warps (shared memory) once
 // at the end.
 //
@@ -24,10 +24,12 @@
 // sequence with a single split writes the final output directly.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <type_traits>
 
 #include "cuda/cache_write.cuh"
+#include "cuda/cuda_check.h"
 #include "cuda/fp8_convert.cuh"
 #include "fp8kv/paged_cache.h"
 
@@ -74,15 +76,27 @@ struct DecodeParams {
   uint32_t* error_flags;
 };
 
-template <typename T>
-__device__ __forceinline__ uint4 load_vector(const T* ptr) {
-  // Each K/V byte is read exactly once: bypass L1 allocation so it does not evict the block table
-  // and scales that other warps reuse.
-  uint4 v;
-  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
-               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-               : "l"(ptr));
-  return v;
+// Asynchronous global -> shared copies (cp.async, sm_80+): the loads of the next stages stay in
+// flight while the warp computes on the current one, without holding registers. `valid` = false
+// writes zeros instead of reading (src-size 0), so a masked token never holds stale NaN bits.
+// K/V bytes are read once: .cg caches them in L2 only.
+__device__ __forceinline__ void cp_async_16(void* smem, const void* global, bool valid) {
+  const uint32_t dst = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(global), "r"(valid ? 16 : 0)
+               : "memory");
+}
+
+__device__ __forceinline__ void cp_async_8(void* smem, const void* global, bool valid) {
+  const uint32_t dst = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 8, %2;" ::"r"(dst), "l"(global), "r"(valid ? 8 : 0)
+               : "memory");
+}
+
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+
+template <int kPending>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;" ::"n"(kPending) : "memory");
 }
 
 __device__ __forceinline__ float load_activation(const void* base, int64_t index, bool fp16) {
@@ -131,27 +145,58 @@ __device__ __forceinline__ void k_fragment(const uint4& vec, int step, uint32_t&
   }
 }
 
+// Bytes of K/V stages kept in flight per thread block (all warps): 3 CTAs of the main kernel fit one
+// SM's 228 KB of shared memory with it.
+constexpr int kRingBytesPerBlock = 64 * 1024;
+
+// Work geometry of the decode kernel for one storage type and head dim.
+template <typename Storage, int kHeadDim>
+struct DecodeTile {
+  static constexpr int kE = StorageTraits<Storage>::kPerVector;  // elements per 16-byte vector
+  static constexpr int kRowVectors = kHeadDim / kE;              // vectors per token row
+  // K, tensor-core layout: lane = (token n = lane / 4, quad lane c = lane % 4); lane c takes the
+  // row's vectors c, c + 4, ... Each vector is kE / 4 k-steps of 4 channels per lane.
+  static constexpr int kKVectors = kRowVectors / 4;
+  static constexpr int kStepsPerVector = kE / 4;
+  static constexpr int kKSteps = kHeadDim / 16;
+  // V, row layout: kRowVectors lanes per token row, kVRows rows per vector load.
+  static constexpr int kVRows = 32 / kRowVectors;
+  static constexpr int kVLoads = 8 / kVRows;  // V vectors per lane per 8 tokens
+  // 8-token steps per iteration: about 8 K+V vectors (128 bytes) per lane.
+  static constexpr int kSteps = kKVectors >= 4 ? 1 : 4 / kKVectors;
+  static constexpr int kWarpTile = 8 * kSteps;
+  static constexpr int kBlockTile = kWarpTile * kDecodeWarps;
+  // One stage of a warp's ring: its K and V vectors as [vector][lane], then the per-token K and V
+  // scales as [step][K|V][lane] float2 (the scores of tokens 2c and 2c+1 of each step).
+  static constexpr int kKStageVectors = kSteps * kKVectors;
+  static constexpr int kStageVectors = kKStageVectors + kSteps * kVLoads;
+  static constexpr int kStageBytes = kStageVectors * 32 * 16 + kSteps * 2 * 32 * 8;
+  static constexpr int kStages = kRingBytesPerBlock / (kDecodeWarps * kStageBytes) > 4   ? 4
+                                 : kRingBytesPerBlock / (kDecodeWarps * kStageBytes) < 2 ? 2
+                                                                                         : kRingBytesPerBlock / (kDecodeWarps * kStageBytes);
+  static constexpr int kSmemBytes = kDecodeWarps * kStages * kStageBytes;
+  static_assert(kRowVectors % 4 == 0 && kRowVectors <= 32, "head_dim of 64, 128 or 256");
+  static_assert(kStageBytes % 16 == 0, "stages stay 16-byte aligned");
+};
+
 template <typename Storage, int kHeadDim, int kGroup>
 __global__ void __launch_bounds__(kDecodeThreads) paged_decode_kernel(const DecodeParams p) {
   using Traits = StorageTraits<Storage>;
+  using Tile = DecodeTile<Storage, kHeadDim>;
   // BF16 storage multiplies in bf16 (K as stored); FP16 and FP8 storage in fp16 (FP8 widens to
   // fp16 exactly).
   constexpr bool kBf16Mma = std::is_same_v<Storage, Bf16>;
-  constexpr int kE = Traits::kPerVector;        // elements per 16-byte vector
-  constexpr int kRowVectors = kHeadDim / kE;    // vectors per token row
-  // K, tensor-core layout: lane = (token n = lane / 4, quad lane c = lane % 4); lane c loads the
-  // row's vectors c, c + 4, ... Each vector is kE / 4 k-steps of 4 channels per lane.
-  constexpr int kKVectors = kRowVectors / 4;
-  constexpr int kStepsPerVector = kE / 4;
-  constexpr int kKSteps = kHeadDim / 16;
-  // V, row layout: kRowVectors lanes per token row, kVRows rows per load.
-  constexpr int kVRows = 32 / kRowVectors;
-  constexpr int kVLoads = 8 / kVRows;           // V vectors per lane per 8 tokens
-  // 8-token steps per iteration: about 8 K+V vectors (128 bytes) in flight per lane.
-  constexpr int kSteps = kKVectors >= 4 ? 1 : 4 / kKVectors;
-  constexpr int kWarpTile = 8 * kSteps;
-  constexpr int kBlockTile = kWarpTile * kDecodeWarps;
-  static_assert(kRowVectors % 4 == 0 && kRowVectors <= 32, "head_dim of 64, 128 or 256");
+  constexpr int kE = Tile::kE;
+  constexpr int kRowVectors = Tile::kRowVectors;
+  constexpr int kKVectors = Tile::kKVectors;
+  constexpr int kStepsPerVector = Tile::kStepsPerVector;
+  constexpr int kKSteps = Tile::kKSteps;
+  constexpr int kVRows = Tile::kVRows;
+  constexpr int kVLoads = Tile::kVLoads;
+  constexpr int kSteps = Tile::kSteps;
+  constexpr int kWarpTile = Tile::kWarpTile;
+  constexpr int kBlockTile = Tile::kBlockTile;
+  constexpr int kStages = Tile::kStages;
   static_assert(kGroup <= 8, "query heads fill at most the first 8 rows of the m16 tile");
   static_assert(kGroup <= max_decode_group(Traits::kIsFp8, kHeadDim), "register budget: see max_decode_group()");
 
@@ -263,46 +308,84 @@ __global__ void __launch_bounds__(kDecodeThreads) paged_decode_kernel(const Deco
   const Storage* v_cache = static_cast<const Storage*>(p.v_cache);
   const int position_mask = (1 << p.log2_block_size) - 1;
 
+  // Each warp streams its own tiles (every kDecodeWarps-th one) through a private ring of kStages
+  // stages: kStages - 1 iterations of copies stay in flight while it computes on the oldest. A lane
+  // reads back only the vectors its own cp.async wrote, so the ring needs no barrier.
+  extern __shared__ uint4 decode_ring[];
+  uint4* ring = decode_ring + static_cast<size_t>(warp) * kStages * (Tile::kStageBytes / 16);
+  const int warp_begin = t_begin + warp * kWarpTile;
+  const int iterations = warp_begin < t_end ? (t_end - warp_begin + kBlockTile - 1) / kBlockTile : 0;
+
   // Splits start at multiples of 256 and warp tiles at multiples of 8: the 8 tokens of a step
-  // share one page (block sizes are powers of two >= 8).
-  for (int tile = t_begin + warp * kWarpTile; tile < t_end; tile += kBlockTile) {
-    uint4 k_vec[kSteps][kKVectors];
-    uint4 v_vec[kSteps][kVLoads];
-    float2 k_tok[kSteps];
-    float2 v_tok[kSteps];
-    bool step_ok[kSteps];
+  // share one page (block sizes are powers of two >= 8). Out-of-range block ids are flagged and
+  // replaced by block 0 with the copies zero-filled, never dereferenced.
+  auto issue = [&](int it) {
+    const int tile = warp_begin + it * kBlockTile;
+    uint4* stage = ring + (it % kStages) * (Tile::kStageBytes / 16);
+    float2* stage_scales = reinterpret_cast<float2*>(stage + Tile::kStageVectors * 32);
 #pragma unroll
     for (int u = 0; u < kSteps; ++u) {
       const int step = tile + 8 * u;
-      int64_t block = step < t_end ? table[step >> p.log2_block_size] : 0;
-      step_ok[u] = step < t_end;
+      bool ok = step < t_end;
+      int64_t block = ok ? table[step >> p.log2_block_size] : 0;
       if (block < 0 || block >= p.num_blocks) {
         atomicOr(p.error_flags, kErrorBlockIdOutOfRange);
-        step_ok[u] = false;
+        ok = false;
         block = 0;
       }
       const int position0 = step & position_mask;
       const Storage* k_page = k_cache + p.layout.token_offset(block, kv_head, position0);
       const Storage* v_page = v_cache + p.layout.token_offset(block, kv_head, position0);
-      const bool k_ok = step_ok[u] && step + quad_row < t_end;
 #pragma unroll
       for (int i = 0; i < kKVectors; ++i) {
-        k_vec[u][i] = k_ok ? load_vector(k_page + quad_row * kHeadDim + (quad_col + 4 * i) * kE) : make_uint4(0, 0, 0, 0);
+        cp_async_16(stage + (u * kKVectors + i) * 32 + lane, k_page + quad_row * kHeadDim + (quad_col + 4 * i) * kE,
+                    ok && step + quad_row < t_end);
       }
 #pragma unroll
       for (int i = 0; i < kVLoads; ++i) {
         const int t = v_row + kVRows * i;
-        v_vec[u][i] = step_ok[u] && step + t < t_end ? load_vector(v_page + t * kHeadDim + v_c0) : make_uint4(0, 0, 0, 0);
+        cp_async_16(stage + (Tile::kKStageVectors + u * kVLoads + i) * 32 + lane, v_page + t * kHeadDim + v_c0,
+                    ok && step + t < t_end);
       }
       if (per_token) {
-        // Scores of tokens 2c and 2c+1 of the step: one 8-byte load each for K and V.
         const int64_t s = p.layout.token_scale_offset(block, kv_head, position0) + 2 * quad_col;
-        k_tok[u] = step_ok[u] ? *reinterpret_cast<const float2*>(p.k_token_scale + s) : make_float2(0.0f, 0.0f);
-        v_tok[u] = step_ok[u] ? *reinterpret_cast<const float2*>(p.v_token_scale + s) : make_float2(0.0f, 0.0f);
-      } else {
-        k_tok[u] = make_float2(1.0f, 1.0f);
-        v_tok[u] = make_float2(1.0f, 1.0f);
+        cp_async_8(stage_scales + (2 * u) * 32 + lane, p.k_token_scale + s, ok);
+        cp_async_8(stage_scales + (2 * u + 1) * 32 + lane, p.v_token_scale + s, ok);
       }
+    }
+    cp_async_commit();
+  };
+
+#pragma unroll
+  for (int it = 0; it < kStages - 1; ++it) {
+    if (it < iterations) {
+      issue(it);
+    } else {
+      cp_async_commit();  // empty groups keep the wait count below uniform
+    }
+  }
+  for (int it = 0; it < iterations; ++it) {
+    if (it + kStages - 1 < iterations) {
+      issue(it + kStages - 1);
+    } else {
+      cp_async_commit();
+    }
+    cp_async_wait<kStages - 1>();
+    const int tile = warp_begin + it * kBlockTile;
+    const uint4* stage = ring + (it % kStages) * (Tile::kStageBytes / 16);
+    const float2* stage_scales = reinterpret_cast<const float2*>(stage + Tile::kStageVectors * 32);
+    uint4 k_vec[kSteps][kKVectors];
+    uint4 v_vec[kSteps][kVLoads];
+    float2 k_tok[kSteps];
+    float2 v_tok[kSteps];
+#pragma unroll
+    for (int u = 0; u < kSteps; ++u) {
+#pragma unroll
+      for (int i = 0; i < kKVectors; ++i) k_vec[u][i] = stage[(u * kKVectors + i) * 32 + lane];
+#pragma unroll
+      for (int i = 0; i < kVLoads; ++i) v_vec[u][i] = stage[(Tile::kKStageVectors + u * kVLoads + i) * 32 + lane];
+      k_tok[u] = per_token ? stage_scales[(2 * u) * 32 + lane] : make_float2(1.0f, 1.0f);
+      v_tok[u] = per_token ? stage_scales[(2 * u + 1) * 32 + lane] : make_float2(1.0f, 1.0f);
     }
 
     // Scores (log2 units): lane (r, c) gets head r's scores of tokens 2c, 2c+1 of each step.
@@ -322,8 +405,8 @@ __global__ void __launch_bounds__(kDecodeThreads) paged_decode_kernel(const Deco
         }
       }
       const int token = tile + 8 * u + 2 * quad_col;
-      s[u][0] = step_ok[u] && token < t_end ? d[0] * row_scale * k_tok[u].x : -INFINITY;
-      s[u][1] = step_ok[u] && token + 1 < t_end ? d[1] * row_scale * k_tok[u].y : -INFINITY;
+      s[u][0] = token < t_end ? d[0] * row_scale * k_tok[u].x : -INFINITY;
+      s[u][1] = token + 1 < t_end ? d[1] * row_scale * k_tok[u].y : -INFINITY;
     }
 
     // Online softmax per head over the quad, the accumulator rescaled once per iteration.
@@ -433,7 +516,18 @@ __global__ void __launch_bounds__(kDecodeThreads) paged_decode_kernel(const Deco
 
 template <typename Storage, int kHeadDim, int kGroup>
 void launch_paged_decode_kernel(const DecodeParams& p, dim3 grid, cudaStream_t stream) {
-  paged_decode_kernel<Storage, kHeadDim, kGroup><<<grid, kDecodeThreads, 0, stream>>>(p);
+  constexpr int kSmem = DecodeTile<Storage, kHeadDim>::kSmemBytes;
+  // The ring exceeds the default 48 KB of dynamic shared memory: raise the limit once per device.
+  static std::atomic<uint64_t> configured_devices{0};
+  int device = 0;
+  FP8KV_CUDA_CHECK(cudaGetDevice(&device));
+  const uint64_t bit = uint64_t{1} << (device % 64);
+  if ((configured_devices.load() & bit) == 0) {
+    FP8KV_CUDA_CHECK(cudaFuncSetAttribute(paged_decode_kernel<Storage, kHeadDim, kGroup>,
+                                          cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem));
+    configured_devices.fetch_or(bit);
+  }
+  paged_decode_kernel<Storage, kHeadDim, kGroup><<<grid, kDecodeThreads, kSmem, stream>>>(p);
 }
 
 template <typename Storage, int kHeadDim>
