@@ -6,15 +6,12 @@
 // work (allocating outputs in the caller's framework, reading PyTorch's current stream, viewing
 // torch.float8 tensors as bytes) lives in python/fp8kv/__init__.py.
 #include <nanobind/nanobind.h>
-#include <nanobind/ndarray.h>
-#include <nanobind/stl/optional.h>
-#include <nanobind/stl/string.h>
-#include <nanobind/stl/variant.h>
-#include <nanobind/stl/vector.h>
 
 #include <Python.h>
 
-#include "array.h"
+#include <exception>
+#include <string>
+
 #include "bindings.h"
 #include "fp8kv/error.h"
 
