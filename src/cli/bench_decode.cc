@@ -19,7 +19,9 @@
 #include <vector>
 
 #include "cli/commands.h"
+#include "fp8kv/dtype.h"
 #include "fp8kv/error.h"
+#include "fp8kv/scales.h"
 
 #if defined(FP8KV_WITH_CUDA)
 #include <cuda_runtime.h>
