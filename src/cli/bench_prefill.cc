@@ -33,6 +33,17 @@
 namespace fp8kv::cli {
 namespace {
 
+struct Options {
+  std::string json_path;
+  int warmup = 50;
+  int repeats = 100;
+  bool peers = true;
+  bool quick = false;
+  std::string peers_script = "bench/prefill_peers.py";
+};
+
+#if defined(FP8KV_WITH_CUDA)
+
 struct Shape {
   std::string name;
   int num_q_heads;
@@ -50,14 +61,6 @@ struct Point {
   bool causal;
 };
 
-struct Options {
-  std::string json_path;
-  int warmup = 50;
-  int repeats = 100;
-  bool peers = true;
-  bool quick = false;
-  std::string peers_script = "bench/prefill_peers.py";
-};
 
 // The 18 seed configurations (2 shapes x batch 1, 4, 8 x seq 512, 1024, 4096, causal), then seq
 // 16384 (causal and not: the 16k throughput targets), then head dim 64.
@@ -91,8 +94,6 @@ std::string point_key(const Point& p) {
   s << p.shape.name << "/" << p.batch << "/" << p.seq << "/" << (p.causal ? "causal" : "full");
   return s.str();
 }
-
-#if defined(FP8KV_WITH_CUDA)
 
 struct DeviceAlloc {
   void* ptr = nullptr;

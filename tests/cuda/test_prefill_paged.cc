@@ -116,7 +116,10 @@ PagedPrefillArgs paged_args(const PagedProblem& p, const PagedKvLayer& cache, vo
   return a;
 }
 
-// Naive same-precision paged attention (P rounded to E4M3), float64 otherwise, bf16 output.
+// Naive same-precision paged attention, float64 except for what the kernel must round: P to E4M3
+// and the output to bf16. With per-token V scales P is rounded the way the kernel must round it,
+// as P[j] * v_scale[j] / (max of v_scale over the row's visible keys in j's 128-key tile), since
+// folding the scales into P pushes small probabilities further into E4M3's subnormal range.
 std::vector<float> naive_paged(const PagedProblem& p) {
   const PagedLayout layout{p.hk, p.block_size, p.d};
   std::vector<float> out(static_cast<size_t>(p.cu_q.back()) * p.hq * p.d);
@@ -146,14 +149,25 @@ std::vector<float> naive_paged(const PagedProblem& p) {
       s[static_cast<size_t>(j)] = dot * p.softmax_scale;
       m = std::max(m, s[static_cast<size_t>(j)]);
     }
+    constexpr int kTile = 128;  // the kernel's kBlockN
+    auto v_scale_at = [&](int j) {
+      const int64_t block = p.table[static_cast<size_t>(b * p.max_blocks + j / p.block_size)];
+      return static_cast<double>(scale_of(p.v_tok, p.v_static, block, j % p.block_size));
+    };
+    const bool per_token = p.granularity == ScaleGranularity::kPerToken;
     double l = 0.0;
     for (int j = 0; j < visible; ++j) {
       const int64_t block = p.table[static_cast<size_t>(b * p.max_blocks + j / p.block_size)];
       const int pos = j % p.block_size;
       const double pr = std::exp(s[static_cast<size_t>(j)] - m);
       l += pr;
-      const double pq = Fp8E4M3::from_float(static_cast<float>(pr)).to_float();
       const double vs = scale_of(p.v_tok, p.v_static, block, pos);
+      double pq = Fp8E4M3::from_float(static_cast<float>(pr)).to_float();
+      if (per_token) {
+        double tile_max = 0.0;
+        for (int t = j / kTile * kTile; t < std::min(visible, (j / kTile + 1) * kTile); ++t) tile_max = std::max(tile_max, v_scale_at(t));
+        pq = Fp8E4M3::from_float(static_cast<float>(pr * vs / tile_max)).to_float() * tile_max / vs;
+      }
       for (int c = 0; c < p.d; ++c) {
         o[static_cast<size_t>(c)] += pq * Fp8E4M3{p.v_pool[static_cast<size_t>(layout.element_offset(block, kvh, pos, c))]}.to_float() * vs;
       }

@@ -17,11 +17,27 @@ __device__ __forceinline__ float load_descale(const float* ptr, int stride, int 
   return ptr ? ptr[kv_head * stride] : 1.0f;
 }
 
-template <class Traits>
-__device__ void consumer(const PrefillParams& p, const WorkTile& t, const SmemView<Traits>& sm, int n_tiles,
-                         int warpgroup) {
+// Named barriers that alternate the two consumer warpgroups' GEMM issue (FA3's ping-pong): while
+// one warpgroup runs its softmax on the CUDA cores (exp2 on the MUFU units costs about as much
+// as an FP8 tile's wgmma), the other one's P.V and Q.K^T products run on the tensor cores.
+constexpr int kPingPongBarrierBase = 2;  // ids 2 and 3 (1 is the producer's)
+
+__device__ __forceinline__ void pingpong_sync(int warpgroup) {
+  cutlass::arch::NamedBarrier::sync(256, kPingPongBarrierBase + warpgroup);
+}
+__device__ __forceinline__ void pingpong_arrive_other(int warpgroup) {
+  cutlass::arch::NamedBarrier::arrive(256, kPingPongBarrierBase + (warpgroup ^ 1));
+}
+
+// One consumer warpgroup: 64 query rows. Turn i (0..n) issues, as one ping-pong turn, P.V of
+// tile i - 1 and Q.K^T of tile i; then it folds the P.V result into O and runs the softmax of tile
+// i, which produces the P of the next turn. The first and last turns are separate instantiations
+// (and two-level accumulation a template parameter) so that no wgmma sits on a runtime branch:
+// ptxas serialises every wgmma of a function that has one.
+template <class Traits, bool kTwoLevel>
+__device__ void consumer_loop(const PrefillParams& p, const WorkTile& t, const SmemView<Traits>& sm, int n_tiles,
+                              int warpgroup) {
   using G = Gemms<Traits>;
-  constexpr bool kTwoLevelCapable = Traits::kFp8;
   const int thread = static_cast<int>(threadIdx.x) % 128;
   const int warp = thread / 32, lane = thread % 32;
   const int kv_head = t.q_head / p.head_group;
@@ -29,10 +45,6 @@ __device__ void consumer(const PrefillParams& p, const WorkTile& t, const SmemVi
   const float scale_log2 = p.softmax_scale_log2 * load_descale(p.q_descale, p.q_descale_stride, kv_head) *
                            load_descale(p.k_descale, p.k_descale_stride, kv_head);
   const float v_descale = load_descale(p.v_descale, p.v_descale_stride, kv_head);
-  // Per-token V scales multiply P column-wise before P is quantised, so every tile's product must
-  // be accumulated on its own (scaled back by the tile's largest V scale): always two-level then.
-  const bool two_level = kTwoLevelCapable && (p.two_level || token_scales);
-
   const int wg_row0 = t.m_block * Traits::kBlockM + warpgroup * 64;
   const int row0 = wg_row0 + warp * 16 + lane / 4;  // this thread's rows: row0, row0 + 8
   const int col_in_group = 2 * (lane % 4);
@@ -43,19 +55,61 @@ __device__ void consumer(const PrefillParams& p, const WorkTile& t, const SmemVi
   for (int i = 0; i < G::kORegs; ++i) o[i] = 0.0f;
   OnlineSoftmax<G::kSRegs> softmax;
   softmax.init();
+  // pa (P of the previous tile) lives across turns; S and the per-tile O are declared where they
+  // are used: the wgmma asm reads its accumulators ("+f"), so an array that outlived its use
+  // would stay live across the loop and spill.
+  uint32_t pa[G::kPRegs];
+  float alpha_prev[2] = {1.0f, 1.0f};
+  float tile_v_scale_prev[2] = {1.0f, 1.0f};
 
-  if (n_tiles > 0) Barrier::wait(sm.q_full(), 0);
-  for (int iter = 0; iter < n_tiles; ++iter) {
+  auto turn = [&](auto has_pv_tag, auto has_qk_tag, int iter) {
+    constexpr bool kHasPV = decltype(has_pv_tag)::value;
+    constexpr bool kHasQK = decltype(has_qk_tag)::value;
     const Stage st = stage_of<Traits>(iter);
-    const int n0 = iter * Traits::kBlockN;
+    const Stage prev = stage_of<Traits>(iter > 0 ? iter - 1 : 0);
+    uint64_t* v_full = Traits::kFp8 ? sm.vt_full(prev.index) : sm.v_full(prev.index);
+    uint64_t* v_empty = Traits::kFp8 ? sm.vt_empty(prev.index) : sm.v_empty(prev.index);
+    const uint8_t* v_operand = Traits::kFp8 ? sm.vt(prev.index) : sm.v(prev.index);
+    if constexpr (kHasQK) Barrier::wait(sm.k_full(st.index), st.phase);
+    if constexpr (kHasPV) Barrier::wait(v_full, prev.phase);
+
     float s[G::kSRegs];
-    Barrier::wait(sm.k_full(st.index), st.phase);
-    fence_registers(s);
+    if constexpr (Traits::kPingPong) pingpong_sync(warpgroup);
+    if constexpr (kHasPV) {
+      if constexpr (kTwoLevel) {
+        // The tile's product is folded into O before Q.K^T is issued, so that S and the per-tile
+        // O are never live at once (both would not fit the consumer register budget).
+        float o_tile[G::kORegs];
+        fence_registers(pa);
+        cute::warpgroup_arrive();
+        G::issue_pv(o_tile, pa, v_operand, false);
+        cute::warpgroup_commit_batch();
+        cute::warpgroup_wait<0>();
+        fence_registers(o_tile);
+        Barrier::arrive(v_empty);
+#pragma unroll
+        for (int j = 0; j < G::kORegs / 4; ++j) {
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            o[4 * j + e] = fmaf(o[4 * j + e], alpha_prev[e >> 1], o_tile[4 * j + e] * tile_v_scale_prev[e >> 1]);
+          }
+        }
+      }
+    }
+    fence_registers(o);
+    fence_registers(pa);
     cute::warpgroup_arrive();
-    G::issue_qk(s, sm.q(), sm.k(st.index), warpgroup);
+    if constexpr (kHasPV && !kTwoLevel) G::issue_pv(o, pa, v_operand, true);
+    if constexpr (kHasQK) G::issue_qk(s, sm.q(), sm.k(st.index), warpgroup);
     cute::warpgroup_commit_batch();
+    if (Traits::kPingPong && !(warpgroup == 1 && !kHasQK)) pingpong_arrive_other(warpgroup);
     cute::warpgroup_wait<0>();
+    fence_registers(o);
+    if constexpr (kHasPV && !kTwoLevel) Barrier::arrive(v_empty);
+    if constexpr (!kHasQK) return;
+
     fence_registers(s);
+    const int n0 = iter * Traits::kBlockN;
     if (token_scales) {
       const float* ks = sm.k_scale(st.index);
 #pragma unroll
@@ -66,11 +120,12 @@ __device__ void consumer(const PrefillParams& p, const WorkTile& t, const SmemVi
         s[4 * j + 2] *= k2.x;
         s[4 * j + 3] *= k2.y;
       }
+    } else {
+      Barrier::arrive(sm.k_empty(st.index));
     }
-    Barrier::arrive(sm.k_empty(st.index));
-
     // Only the tiles that cross the sequence end or the causal diagonal pay for the mask.
-    const bool need_mask = n0 + Traits::kBlockN > t.len_k || (p.causal && n0 + Traits::kBlockN - 1 > wg_row0 + causal_offset);
+    const bool need_mask =
+        n0 + Traits::kBlockN > t.len_k || (p.causal && n0 + Traits::kBlockN - 1 > wg_row0 + causal_offset);
     if (need_mask) {
 #pragma unroll
       for (int j = 0; j < G::kSRegs / 4; ++j) {
@@ -84,63 +139,52 @@ __device__ void consumer(const PrefillParams& p, const WorkTile& t, const SmemVi
     }
     float alpha[2];
     softmax.step(s, scale_log2, alpha);
-
-    float tile_v_scale = 1.0f;
-    if (token_scales) {
-      // P[:, j] * v_scale[j] / max_j v_scale: in [0, 1] again, so E4M3 keeps its relative precision.
-      const float* vs = sm.v_scale(st.index);
-      float vmax = 0.0f;
-#pragma unroll
-      for (int j = 0; j < G::kSRegs / 4; ++j) {
-        const float2 v2 = *reinterpret_cast<const float2*>(vs + 8 * j + col_in_group);
-        vmax = fmaxf(vmax, fmaxf(v2.x, v2.y));
-      }
-      tile_v_scale = OnlineSoftmax<G::kSRegs>::quad_max(vmax);
-      const float inv = 1.0f / tile_v_scale;
-#pragma unroll
-      for (int j = 0; j < G::kSRegs / 4; ++j) {
-        const float2 v2 = *reinterpret_cast<const float2*>(vs + 8 * j + col_in_group);
-        s[4 * j + 0] *= v2.x * inv;
-        s[4 * j + 1] *= v2.y * inv;
-        s[4 * j + 2] *= v2.x * inv;
-        s[4 * j + 3] *= v2.y * inv;
-      }
-    }
-    uint32_t pa[G::kPRegs];
-    G::make_p_fragments(s, pa);
-
-    uint64_t* v_full = Traits::kFp8 ? sm.vt_full(st.index) : sm.v_full(st.index);
-    uint64_t* v_empty = Traits::kFp8 ? sm.vt_empty(st.index) : sm.v_empty(st.index);
-    const uint8_t* v_operand = Traits::kFp8 ? sm.vt(st.index) : sm.v(st.index);
-    if (two_level) {
-      float o_tile[G::kORegs];
-      Barrier::wait(v_full, st.phase);
-      fence_registers(o_tile);
-      fence_registers(pa);
-      cute::warpgroup_arrive();
-      G::issue_pv(o_tile, pa, v_operand, false);
-      cute::warpgroup_commit_batch();
-      cute::warpgroup_wait<0>();
-      fence_registers(o_tile);
-      Barrier::arrive(v_empty);
-#pragma unroll
-      for (int j = 0; j < G::kORegs / 4; ++j) {
-#pragma unroll
-        for (int e = 0; e < 4; ++e) o[4 * j + e] = fmaf(o[4 * j + e], alpha[e >> 1], o_tile[4 * j + e] * tile_v_scale);
-      }
+    if constexpr (kTwoLevel) {
+      alpha_prev[0] = alpha[0];
+      alpha_prev[1] = alpha[1];
     } else {
       scale_rows(o, alpha);
-      Barrier::wait(v_full, st.phase);
-      fence_registers(o);
-      fence_registers(pa);
-      cute::warpgroup_arrive();
-      G::issue_pv(o, pa, v_operand, true);
-      cute::warpgroup_commit_batch();
-      cute::warpgroup_wait<0>();
-      fence_registers(o);
-      Barrier::arrive(v_empty);
     }
-  }
+    if (token_scales) {
+      // P[i, j] * v_scale[j] / max over the row's visible keys of v_scale: in [0, 1] again, so E4M3
+      // keeps its relative precision. Masked keys (P = 0) are left out of the max: the scale of an
+      // unwritten slot past the sequence end is arbitrary.
+      const float* vs = sm.v_scale(st.index);
+      float vmax[2] = {0.0f, 0.0f};
+#pragma unroll
+      for (int j = 0; j < G::kSRegs / 4; ++j) {
+        const float2 v2 = *reinterpret_cast<const float2*>(vs + 8 * j + col_in_group);
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+          vmax[r] = fmaxf(vmax[r], s[4 * j + 2 * r] > 0.0f ? v2.x : 0.0f);
+          vmax[r] = fmaxf(vmax[r], s[4 * j + 2 * r + 1] > 0.0f ? v2.y : 0.0f);
+        }
+      }
+      float inv[2];
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        const float m = OnlineSoftmax<G::kSRegs>::quad_max(vmax[r]);
+        tile_v_scale_prev[r] = m > 0.0f ? m : 1.0f;  // a row with no visible key here adds nothing
+        inv[r] = 1.0f / tile_v_scale_prev[r];
+      }
+#pragma unroll
+      for (int j = 0; j < G::kSRegs / 4; ++j) {
+        const float2 v2 = *reinterpret_cast<const float2*>(vs + 8 * j + col_in_group);
+        s[4 * j + 0] *= v2.x * inv[0];
+        s[4 * j + 1] *= v2.y * inv[0];
+        s[4 * j + 2] *= v2.x * inv[1];
+        s[4 * j + 3] *= v2.y * inv[1];
+      }
+      Barrier::arrive(sm.k_empty(st.index));  // the scales of this stage are no longer needed
+    }
+    G::make_p_fragments(s, pa);
+  };
+
+  Barrier::wait(sm.q_full(), 0);
+  if (Traits::kPingPong && warpgroup == 1) pingpong_arrive_other(warpgroup);  // warpgroup 0 goes first
+  turn(std::false_type{}, std::true_type{}, 0);
+  for (int iter = 1; iter < n_tiles; ++iter) turn(std::true_type{}, std::true_type{}, iter);
+  turn(std::true_type{}, std::false_type{}, n_tiles);
 
   float factor[2];
   softmax.finalize(factor);
@@ -148,6 +192,26 @@ __device__ void consumer(const PrefillParams& p, const WorkTile& t, const SmemVi
   factor[1] *= v_descale;
   scale_rows(o, factor);
   store_output<Traits>(p, t, o, warpgroup, thread);
+}
+
+template <class Traits>
+__device__ void consumer(const PrefillParams& p, const WorkTile& t, const SmemView<Traits>& sm, int n_tiles,
+                         int warpgroup) {
+  if (n_tiles == 0) {
+    float zero[Gemms<Traits>::kORegs] = {};
+    store_output<Traits>(p, t, zero, warpgroup, static_cast<int>(threadIdx.x) % 128);
+    return;
+  }
+  // Per-token V scales multiply P column-wise before P is quantised, so every tile's product must
+  // be accumulated on its own (scaled back by the tile's largest V scale): always two-level then.
+  const bool token_scales = Traits::kPaged && p.k_token_scale != nullptr;
+  if constexpr (Traits::kFp8) {
+    if (p.two_level || token_scales) {
+      consumer_loop<Traits, true>(p, t, sm, n_tiles, warpgroup);
+      return;
+    }
+  }
+  consumer_loop<Traits, false>(p, t, sm, n_tiles, warpgroup);
 }
 
 template <class Traits>

@@ -82,13 +82,15 @@ __device__ void load_q(const PrefillParams& p, const WorkTile& t, const SmemView
   }
 }
 
-// Loads rows [tile * kBlockN, +kBlockN) of K or V (and, paged per-token, their scales) into `dst`.
+// Loads rows [tile * kBlockN, +kBlockN) of K or V into `dst`. With `scales` (paged per-token K
+// load only) the tile's K and V token scales come along on the same barrier: the consumers read
+// both while they still hold the K stage, so the V scales need no barrier of their own.
 // Paged: one TMA box per page (or per 128-row half of a 256-row page). Pages past the sequence's
 // last one are read from its first page instead: those keys are masked, and loading real, finite
 // cache data keeps NaN-free operands in the tensor cores (0 * NaN would poison the row).
 template <class Traits>
 __device__ void load_kv_tile(const PrefillParams& p, const WorkTile& t, const CUtensorMap* map, int tile,
-                             uint8_t* dst, const float* token_scale, float* scale_dst, uint64_t* bar) {
+                             uint8_t* dst, bool scales, float* k_scale_dst, float* v_scale_dst, uint64_t* bar) {
   const int kv_head = t.q_head / p.head_group;
   if constexpr (!Traits::kPaged) {
     Barrier::arrive_and_expect_tx(bar, Traits::kKBytes);
@@ -102,7 +104,7 @@ __device__ void load_kv_tile(const PrefillParams& p, const WorkTile& t, const CU
     const int boxes = Traits::kBlockN / rows_per_box;
     const int pages = (t.len_k + p.block_size - 1) / p.block_size;
     const int32_t* table = p.block_tables + static_cast<int64_t>(t.batch) * p.max_blocks_per_seq;
-    Barrier::arrive_and_expect_tx(bar, Traits::kKBytes + (token_scale ? Traits::kBlockN * 4 : 0));
+    Barrier::arrive_and_expect_tx(bar, Traits::kKBytes + (scales ? 2 * Traits::kBlockN * 4 : 0));
     for (int i = 0; i < boxes; ++i) {
       const int key = tile * Traits::kBlockN + i * rows_per_box;
       const int page = key / p.block_size;
@@ -115,9 +117,10 @@ __device__ void load_kv_tile(const PrefillParams& p, const WorkTile& t, const CU
             dst + cb * Traits::kBlockN * Traits::kSwizzleBytes + i * rows_per_box * Traits::kSwizzleBytes,
             cb * Traits::kBoxElems, in_page, kv_head, block);
       }
-      if (token_scale) {
+      if (scales) {
         const int64_t offset = (static_cast<int64_t>(block) * p.num_kv_heads + kv_head) * p.block_size + in_page;
-        cute::SM90_BULK_COPY_G2S::copy(token_scale + offset, bar, scale_dst + i * rows_per_box, rows_per_box * 4);
+        cute::SM90_BULK_COPY_G2S::copy(p.k_token_scale + offset, bar, k_scale_dst + i * rows_per_box, rows_per_box * 4);
+        cute::SM90_BULK_COPY_G2S::copy(p.v_token_scale + offset, bar, v_scale_dst + i * rows_per_box, rows_per_box * 4);
       }
     }
   }
@@ -166,13 +169,12 @@ __device__ void producer(const PrefillParams& p, const WorkTile& t, const SmemVi
   auto issue = [&](int iter) {
     const Stage st = stage_of<Traits>(iter);
     if (iter >= Traits::kStages) Barrier::wait(sm.k_empty(st.index), st.phase ^ 1);
-    load_kv_tile<Traits>(p, t, &p.tma_k, iter, sm.k(st.index), p.k_token_scale, sm.k_scale(st.index),
-                         sm.k_full(st.index));
+    load_kv_tile<Traits>(p, t, &p.tma_k, iter, sm.k(st.index), p.k_token_scale != nullptr, sm.k_scale(st.index),
+                         sm.v_scale(st.index), sm.k_full(st.index));
     // BF16: consumers read V directly, so its buffer is free once they release it. FP8: only the
     // transposer reads it, and it has finished with this buffer (producer named barrier below).
     if (!Traits::kFp8 && iter >= Traits::kStages) Barrier::wait(sm.v_empty(st.index), st.phase ^ 1);
-    load_kv_tile<Traits>(p, t, &p.tma_v, iter, sm.v(st.index), p.v_token_scale, sm.v_scale(st.index),
-                         sm.v_full(st.index));
+    load_kv_tile<Traits>(p, t, &p.tma_v, iter, sm.v(st.index), false, nullptr, nullptr, sm.v_full(st.index));
   };
   if (leader) {
     load_q<Traits>(p, t, sm);

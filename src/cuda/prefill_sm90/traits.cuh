@@ -25,9 +25,9 @@ struct ElementBf16 {
 
 // Tile sizes. kBlockM = 128 query rows: two consumer warpgroups of 64 rows (the wgmma M). kBlockN
 // = 128 keys: the widest S tile whose accumulator (64 fp32 registers per thread) leaves room for
-// O, the per-tile O of two-level accumulation and P under the 240-register consumer budget.
-// Two stages of K/V: with Q, K, V and the transposed V at d = 128 (FP8) that is 112 KiB of shared
-// memory, or 160 KiB for BF16 (no transpose, twice the bytes).
+// O, the per-tile O of two-level accumulation and P under the consumer register budget.
+// Shared memory at d = 128: FP8 16 KiB of Q + 3 stages x 48 KiB (K, V, V^T) = 160 KiB; BF16
+// 32 KiB of Q + 2 stages x 64 KiB = 160 KiB.
 template <class Element_, int kHeadDim_, bool kPaged_>
 struct PrefillTraits {
   using Element = Element_;
@@ -36,7 +36,13 @@ struct PrefillTraits {
   static constexpr int kHeadDim = kHeadDim_;
   static constexpr int kBlockM = 128;
   static constexpr int kBlockN = 128;
-  static constexpr int kStages = 2;
+  // Pipeline depth and ping-pong, from bench prefill on the H100 (seq 4096-16384): a third
+  // K/V/V^T stage saves FP8 2-15%, ping-pong changes FP8 by less than the run-to-run noise (its
+  // limit is shared-memory traffic, the V transpose included, not the softmax's exp2), while BF16
+  // ran 450-600 TFLOP/s with ping-pong against 410-540 with a plain serial loop; BF16 has no room
+  // for a third stage (160 KiB with two).
+  static constexpr int kStages = kFp8 ? 3 : 2;
+  static constexpr bool kPingPong = !kFp8;
   static constexpr int kConsumerWarpgroups = 2;
   static constexpr int kThreads = 128 * (1 + kConsumerWarpgroups);
   // setmaxnreg budgets. The CTA owns what it was launched with, 384 x 168 = 64512 registers
