@@ -11,7 +11,11 @@
 //                   undefined (1.0), [1] or [num_kv_heads] float32 on the device.
 //   paged_prefill:  q FP8 E4M3 (use rope_quantize to produce it), cache FP8 E4M3 with any scale
 //                   granularity (per-token K scales scale S's columns; per-token V scales are
-//                   folded into P before it is quantised), block_size 8..256, head_dim 64 or 128.
+//                   folded into P before it is quantised, normalised by the row's largest visible
+//                   V scale in the 128-key tile, which needs two-level accumulation: it is always
+//                   on with per-token scales), block_size 8..256, head_dim 64 or 128.
+// Device-resident index tensors (cu_seqlens, seq_lens, block_tables) are trusted: validate()
+// checks them only on the host.
 #pragma once
 
 #include <cstdint>

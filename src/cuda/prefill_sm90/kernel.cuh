@@ -20,6 +20,7 @@ __device__ __forceinline__ float load_descale(const float* ptr, int stride, int 
 // Named barriers that alternate the two consumer warpgroups' GEMM issue (FA3's ping-pong): while
 // one warpgroup runs its softmax on the CUDA cores (exp2 on the MUFU units costs about as much
 // as an FP8 tile's wgmma), the other one's P.V and Q.K^T products run on the tensor cores.
+// Used where Traits::kPingPong says it pays (see traits.cuh).
 constexpr int kPingPongBarrierBase = 2;  // ids 2 and 3 (1 is the producer's)
 
 __device__ __forceinline__ void pingpong_sync(int warpgroup) {
