@@ -51,6 +51,13 @@ if [[ $with_cuda -eq 1 && ! -d $cutlass_dir/cutlass_library/source/include/cute 
   rm -rf "$tmp"
 fi
 
+# The Python package's tests (tests/python: NumPy against independent oracles) need nanobind,
+# numpy and pytest for python3; scripts/test.sh builds the extension and runs them when present.
+if ! python3 -c "import nanobind, numpy, pytest" 2>/dev/null; then
+  echo "fp8kv setup: installing nanobind numpy pytest (pip)"
+  python3 -m pip install --quiet nanobind numpy pytest
+fi
+
 if [[ ${1:-} == --install-only ]]; then exit 0; fi
 
 # shellcheck disable=SC2086  # FP8KV_CMAKE_ARGS is a list of flags
