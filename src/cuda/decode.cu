@@ -10,85 +10,17 @@
 #include "cuda/device_errors.h"
 #include "fp8kv/cuda.h"
 
-namespace fp8kv::cuda_detail {
-
-// Combines the splits of each multi-split sequence: grid (num_q_heads, batch), head_dim threads,
-// one output channel each. The split weights exp2(lse - max) are computed once per block into
-// shared memory (kMergeChunk at a time), so the channel loop only streams partial outputs, with
-// several independent loads in flight (a loop that waited for each load would cost one memory
-// latency per split: ~50 us for the 128 splits of a single 128k-token sequence).
-constexpr int kMergeChunk = 1024;
-
-struct DecodeMergeParams {
-  const int4* seq_work;       // [batch]: (first work item, splits, -, -)
-  const float* partial_o;     // [num_work, num_q_heads, head_dim]
-  const float* partial_lse;   // [num_work, num_q_heads]
-  void* out;                  // [batch, num_q_heads, head_dim] bf16/fp16
-  bool out_fp16;
-  int32_t num_q_heads;
-  int32_t head_dim;
-};
-
-__global__ void decode_merge_kernel(const DecodeMergeParams p) {
-  __shared__ float weights[kMergeChunk];
-  __shared__ float warp_max[32];
-  const int head = static_cast<int>(blockIdx.x);
-  const int seq = static_cast<int>(blockIdx.y);
-  const int tid = static_cast<int>(threadIdx.x);
-  const int threads = static_cast<int>(blockDim.x);
-  const int4 sw = p.seq_work[seq];
-  const int first = sw.x;
-  const int splits = sw.y;
-  if (splits <= 1) return;  // written directly by the main kernel
-  auto lse = [&](int i) { return p.partial_lse[static_cast<int64_t>(first + i) * p.num_q_heads + head]; };
-
-  float m = -INFINITY;
-  for (int i = tid; i < splits; i += threads) m = fmaxf(m, lse(i));
-  for (int offset = 16; offset > 0; offset /= 2) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, offset));
-  if (tid % 32 == 0) warp_max[tid / 32] = m;
-  __syncthreads();
-  m = -INFINITY;
-  for (int w = 0; w < threads / 32; ++w) m = fmaxf(m, warp_max[w]);
-  const float ref = m == -INFINITY ? 0.0f : m;  // every split empty: all weights 0, output 0
-
-  const int c = tid;  // blockDim.x == head_dim
-  float weight_sum = 0.0f;
-  float o = 0.0f;
-  for (int chunk = 0; chunk < splits; chunk += kMergeChunk) {
-    const int n = min(kMergeChunk, splits - chunk);
-    __syncthreads();
-    for (int i = tid; i < n; i += threads) weights[i] = exp2f(lse(chunk + i) - ref);
-    __syncthreads();
-    const float* po = p.partial_o + (static_cast<int64_t>(first + chunk) * p.num_q_heads + head) * p.head_dim + c;
-    const int64_t stride = static_cast<int64_t>(p.num_q_heads) * p.head_dim;
-#pragma unroll 8
-    for (int i = 0; i < n; ++i) {
-      weight_sum += weights[i];
-      o = fmaf(weights[i], po[i * stride], o);
-    }
-  }
-  o = weight_sum > 0.0f ? o / weight_sum : 0.0f;
-  store_activation(p.out, (static_cast<int64_t>(seq) * p.num_q_heads + head) * p.head_dim + c, o, p.out_fp16);
-}
-
-}  // namespace fp8kv::cuda_detail
-
 namespace fp8kv::cuda {
 namespace {
 
-using cuda_detail::DecodeMergeParams;
 using cuda_detail::DecodeParams;
 
-// Thread blocks the plan aims for per SM: the FP8 head_dim-128 kernels keep 3 resident per SM
-// (168 registers x 128 threads); ~8 per SM makes the last, partial wave a small share of the time
-// while splits stay long against the merge's extra traffic.
-constexpr int kTargetBlocksPerSm = 8;
-// Fewest keys per split: below this the fixed cost of a block (loading q, merging warps, writing
-// a partial row) is no longer small against streaming its keys.
+// Fewest keys per split: below this the fixed cost of a block (loading q, filling the pipeline,
+// merging warps, writing a partial row) is no longer small against streaming its keys.
 constexpr int kMinChunkTokens = 256;
 // Split lengths are multiples of this, itself a multiple of every kernel's block tile (at most
-// 4 warps x 4 steps x 8 rows = 128 tokens), so that only a sequence's last split is partial.
-constexpr int kChunkGranularity = 256;
+// 4 warps x 32 tokens), so that only a sequence's last split is partial.
+constexpr int kChunkGranularity = 128;
 // gridDim.y limit of CUDA.
 constexpr int64_t kMaxWorkItems = 65535;
 
@@ -138,6 +70,18 @@ int sm_count() {
   return count;
 }
 
+// The storage-type switch in front of cuda_detail::paged_decode_op (launch, or occupancy query).
+void decode_op(DType storage, const DecodeParams* p, int head_dim, int kernel_group, dim3 grid, cudaStream_t stream,
+               int* blocks_per_sm) {
+  switch (storage) {
+    case DType::kBFloat16: return cuda_detail::paged_decode_op<Bf16>(p, head_dim, kernel_group, grid, stream, blocks_per_sm);
+    case DType::kFloat16: return cuda_detail::paged_decode_op<Fp16>(p, head_dim, kernel_group, grid, stream, blocks_per_sm);
+    case DType::kFp8E4M3: return cuda_detail::paged_decode_op<Fp8E4M3>(p, head_dim, kernel_group, grid, stream, blocks_per_sm);
+    case DType::kFp8E5M2: return cuda_detail::paged_decode_op<Fp8E5M2>(p, head_dim, kernel_group, grid, stream, blocks_per_sm);
+    default: throw Unsupported(std::string("cache dtype ") + dtype_name(storage));
+  }
+}
+
 int log2_exact(int x) {
   int n = 0;
   while ((1 << n) < x) ++n;
@@ -162,9 +106,9 @@ struct DecodePlan::State {
   void* device_memory = nullptr;
   size_t device_bytes = 0;
   int4* work = nullptr;          // [num_work]
-  int4* seq_work = nullptr;      // [batch]
   float* partial_o = nullptr;    // [num_work, num_q_heads, head_dim]
   float* partial_lse = nullptr;  // [num_work, num_q_heads]
+  int32_t* split_counters = nullptr;  // [batch, num_kv_heads * head_chunks], zero between runs
 
   ~State() {
     if (device_memory != nullptr) cudaFree(device_memory);
@@ -207,54 +151,61 @@ DecodePlan::DecodePlan(const DecodeArgs& args, const std::vector<int32_t>& host_
     longest = std::max(longest, planned[static_cast<size_t>(b)]);
   }
 
-  // Keys per split: spread all (sequence, KV head) work over kTargetBlocksPerSm blocks per SM.
+  // Keys per split: the shortest multiple of kChunkGranularity (>= kMinChunkTokens) whose blocks
+  // all fit in one wave of resident blocks. Fewer, longer splits amortise each block's fixed cost
+  // and the merge; one wave leaves no tail of half-idle SMs. When one split per sequence is already
+  // more than a wave, every sequence gets a single split and the GPU is full anyway.
   const int64_t blocks_per_split = static_cast<int64_t>(s.num_kv_heads) * s.kernel.head_chunks;
-  const int64_t target_blocks = static_cast<int64_t>(kTargetBlocksPerSm) * sm_count();
-  int64_t chunk = std::max<int64_t>(kMinChunkTokens, (total * blocks_per_split + target_blocks - 1) / target_blocks);
-  if (options.max_splits > 0) chunk = std::max<int64_t>(chunk, (longest + options.max_splits - 1) / options.max_splits);
-  chunk = (chunk + kChunkGranularity - 1) / kChunkGranularity * kChunkGranularity;
+  int blocks_per_sm = 0;
+  decode_op(s.storage, nullptr, s.head_dim, s.kernel.kernel_group, dim3(), nullptr, &blocks_per_sm);
+  const int64_t wave = std::max<int64_t>(1, static_cast<int64_t>(blocks_per_sm) * sm_count());
   auto count_work = [&](int64_t c) {
     int64_t n = 0;
     for (int64_t len : planned) n += std::max<int64_t>(1, (len + c - 1) / c);
     return n;
   };
+  auto round_up = [](int64_t x) { return (x + kChunkGranularity - 1) / kChunkGranularity * kChunkGranularity; };
+  int64_t chunk = round_up(std::max<int64_t>(kMinChunkTokens, (total * blocks_per_split + wave - 1) / wave));
+  if (options.max_splits > 0) chunk = std::max<int64_t>(chunk, round_up((longest + options.max_splits - 1) / options.max_splits));
+  // Rounding each sequence's split count up can overshoot the wave: lengthen splits until it fits.
+  while (count_work(chunk) * blocks_per_split > wave && chunk < longest) chunk = round_up(chunk + chunk / 32 + 1);
   while (count_work(chunk) > kMaxWorkItems) chunk *= 2;
   FP8KV_REQUIRE(s.batch <= kMaxWorkItems, "q", "batch ", s.batch, " exceeds the ", kMaxWorkItems,
                 " sequences one decode launch covers");
   s.chunk_tokens = static_cast<int32_t>(chunk);
 
   std::vector<int4> work;
-  std::vector<int4> seq_work(static_cast<size_t>(s.batch));
   s.splits.resize(static_cast<size_t>(s.batch));
   for (int64_t b = 0; b < s.batch; ++b) {
     const int splits = static_cast<int>(std::max<int64_t>(1, (planned[static_cast<size_t>(b)] + chunk - 1) / chunk));
     s.splits[static_cast<size_t>(b)] = splits;
     s.any_multi_split = s.any_multi_split || splits > 1;
-    seq_work[static_cast<size_t>(b)] = make_int4(static_cast<int>(work.size()), splits, 0, 0);
     const int first = static_cast<int>(work.size());
     for (int i = 0; i < splits; ++i) work.push_back(make_int4(static_cast<int>(b), i, splits, first));
   }
   s.num_work = static_cast<int64_t>(work.size());
 
-  // One allocation: work lists, then the FP32 split results (16-byte aligned pieces).
+  // One allocation: the work list, the split counters, then the FP32 split results (256-byte
+  // aligned pieces).
   auto align = [](size_t x) { return (x + 255) / 256 * 256; };
   const size_t work_bytes = align(work.size() * sizeof(int4));
-  const size_t seq_bytes = align(seq_work.size() * sizeof(int4));
+  const size_t counter_bytes =
+      s.any_multi_split ? align(static_cast<size_t>(s.batch) * s.num_kv_heads * s.kernel.head_chunks * sizeof(int32_t)) : 0;
   const size_t o_bytes = s.any_multi_split
                              ? align(static_cast<size_t>(s.num_work) * s.num_q_heads * s.head_dim * sizeof(float))
                              : 0;
   const size_t lse_bytes = s.any_multi_split ? align(static_cast<size_t>(s.num_work) * s.num_q_heads * sizeof(float)) : 0;
-  s.device_bytes = work_bytes + seq_bytes + o_bytes + lse_bytes;
+  s.device_bytes = work_bytes + counter_bytes + o_bytes + lse_bytes;
   FP8KV_CUDA_CHECK(cudaMalloc(&s.device_memory, s.device_bytes));
   char* base = static_cast<char*>(s.device_memory);
   s.work = reinterpret_cast<int4*>(base);
-  s.seq_work = reinterpret_cast<int4*>(base + work_bytes);
   if (s.any_multi_split) {
-    s.partial_o = reinterpret_cast<float*>(base + work_bytes + seq_bytes);
-    s.partial_lse = reinterpret_cast<float*>(base + work_bytes + seq_bytes + o_bytes);
+    s.split_counters = reinterpret_cast<int32_t*>(base + work_bytes);
+    s.partial_o = reinterpret_cast<float*>(base + work_bytes + counter_bytes);
+    s.partial_lse = reinterpret_cast<float*>(base + work_bytes + counter_bytes + o_bytes);
+    FP8KV_CUDA_CHECK(cudaMemset(s.split_counters, 0, counter_bytes));
   }
   FP8KV_CUDA_CHECK(cudaMemcpy(s.work, work.data(), work.size() * sizeof(int4), cudaMemcpyHostToDevice));
-  FP8KV_CUDA_CHECK(cudaMemcpy(s.seq_work, seq_work.data(), seq_work.size() * sizeof(int4), cudaMemcpyHostToDevice));
 }
 
 DecodePlan::~DecodePlan() = default;
@@ -310,30 +261,13 @@ void DecodePlan::run(const DecodeArgs& args, void* stream) const {
   p.chunk_tokens = s.chunk_tokens;
   p.partial_o = s.partial_o;
   p.partial_lse = s.partial_lse;
+  p.split_counters = s.split_counters;
   p.error_flags = cuda_detail::device_error_word();
   if (s.batch == 0) return;
 
   const auto st = static_cast<cudaStream_t>(stream);
   const dim3 grid(static_cast<unsigned>(s.num_kv_heads * kernel.head_chunks), static_cast<unsigned>(s.num_work));
-  switch (cache.dtype) {
-    case DType::kBFloat16: cuda_detail::launch_paged_decode<Bf16>(p, s.head_dim, kernel.kernel_group, grid, st); break;
-    case DType::kFloat16: cuda_detail::launch_paged_decode<Fp16>(p, s.head_dim, kernel.kernel_group, grid, st); break;
-    case DType::kFp8E4M3: cuda_detail::launch_paged_decode<Fp8E4M3>(p, s.head_dim, kernel.kernel_group, grid, st); break;
-    case DType::kFp8E5M2: cuda_detail::launch_paged_decode<Fp8E5M2>(p, s.head_dim, kernel.kernel_group, grid, st); break;
-    default: throw Unsupported(std::string("cache dtype ") + dtype_name(cache.dtype));
-  }
-  FP8KV_CUDA_CHECK_LAUNCH();
-  if (!s.any_multi_split) return;
-  DecodeMergeParams mp{};
-  mp.seq_work = s.seq_work;
-  mp.partial_o = s.partial_o;
-  mp.partial_lse = s.partial_lse;
-  mp.out = args.out.data;
-  mp.out_fp16 = p.out_fp16;
-  mp.num_q_heads = s.num_q_heads;
-  mp.head_dim = s.head_dim;
-  cuda_detail::decode_merge_kernel<<<dim3(static_cast<unsigned>(s.num_q_heads), static_cast<unsigned>(s.batch)),
-                                     static_cast<unsigned>(s.head_dim), 0, st>>>(mp);
+  decode_op(cache.dtype, &p, s.head_dim, kernel.kernel_group, grid, st, nullptr);
   FP8KV_CUDA_CHECK_LAUNCH();
 }
 

@@ -20,8 +20,9 @@
 // per_token scales multiply each score (K) and each probability (V) as the token is consumed.
 //
 // Splits: work items of a sequence with several splits write an FP32 partial output normalised by
-// its own softmax sum plus its log2-sum-exp; decode_merge_kernel (decode.cu) combines them. A
-// sequence with a single split writes the final output directly.
+// its own softmax sum plus its log2-sum-exp; the last of them to finish (an atomic counter per
+// sequence and block column) combines them in the same launch. A sequence with a single split
+// writes the final output directly.
 #pragma once
 
 #include <atomic>
@@ -39,12 +40,13 @@ constexpr int kDecodeWarps = 4;
 constexpr int kDecodeThreads = kDecodeWarps * 32;
 constexpr float kLog2e = 1.4426950408889634f;
 
-// Largest number of query heads one thread block handles. The output accumulator takes
-// kGroup * (elements per 16-byte vector) registers per lane, kept <= 64 (FP8: 4 heads, 16-bit: 8);
-// 16-bit storage at head_dim 256 also holds 16 K+V vectors in flight and a split q, so it stops
-// at 4 heads to stay under 255 registers without spilling.
+// Largest number of query heads one thread block handles (the rows of the q.K tile hold up to 8).
+// FP8 storage accumulates P.V on the tensor cores, whose accumulator does not grow with the head
+// count. 16-bit storage accumulates on the CUDA cores, kGroup * 8 registers per lane, kept <= 64;
+// at head_dim 256 it also holds 16 K+V vectors and a split q, so it stops at 4 heads to stay under
+// 255 registers without spilling.
 constexpr int max_decode_group(bool fp8, int head_dim) {
-  return fp8 ? 4 : (head_dim == 256 ? 4 : 8);
+  return fp8 ? 8 : (head_dim == 256 ? 4 : 8);
 }
 
 struct DecodeParams {
@@ -73,6 +75,8 @@ struct DecodeParams {
   int32_t chunk_tokens;          // keys per split
   float* partial_o;              // [num_work, num_q_heads, head_dim] fp32, split results (normalised)
   float* partial_lse;            // [num_work, num_q_heads] fp32, log2-sum-exp2 of each split's scores
+  int32_t* split_counters;       // [batch, gridDim.x]: splits finished per (sequence, block column);
+                                 // zero between runs (the last split resets its counter)
   uint32_t* error_flags;
 };
 
@@ -97,10 +101,6 @@ __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commi
 template <int kPending>
 __device__ __forceinline__ void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;" ::"n"(kPending) : "memory");
-}
-
-__device__ __forceinline__ float load_activation(const void* base, int64_t index, bool fp16) {
-  return fp16 ? to_float(static_cast<const Fp16*>(base)[index]) : to_float(static_cast<const Bf16*>(base)[index]);
 }
 
 __device__ __forceinline__ void store_activation(void* base, int64_t index, float x, bool fp16) {
@@ -128,6 +128,15 @@ __device__ __forceinline__ void mma_m16n8k16(float (&d)[4], uint32_t a0, uint32_
                  : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
                  : "r"(a0), "r"(0u), "r"(a2), "r"(0u), "r"(b0), "r"(b1));
   }
+}
+
+// D += A * B for one m16n8k16 tile with all four A registers (P.V: rows are channels).
+__device__ __forceinline__ void mma_m16n8k16_f16(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
+                                                 uint32_t b0, uint32_t b1) {
+  asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+               "{%0,%1,%2,%3};"
+               : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+               : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
 }
 
 // The two B registers (k = 2c..2c+1 and 2c+8..2c+9 of one k-step) from the 32-bit words of a
@@ -162,21 +171,28 @@ struct DecodeTile {
   // V, row layout: kRowVectors lanes per token row, kVRows rows per vector load.
   static constexpr int kVRows = 32 / kRowVectors;
   static constexpr int kVLoads = 8 / kVRows;  // V vectors per lane per 8 tokens
+  // P.V on the tensor cores (FP8 storage, see the kernel) consumes 16 tokens, two steps, per mma.
+  static constexpr bool kPvMma = StorageTraits<Storage>::kIsFp8;
   // 8-token steps per iteration: about 8 K+V vectors (128 bytes) per lane.
-  static constexpr int kSteps = kKVectors >= 4 ? 1 : 4 / kKVectors;
+  static constexpr int kSteps = kKVectors >= 4 ? (kPvMma ? 2 : 1) : 4 / kKVectors;
   static constexpr int kWarpTile = 8 * kSteps;
   static constexpr int kBlockTile = kWarpTile * kDecodeWarps;
-  // One stage of a warp's ring: its K and V vectors as [vector][lane], then the per-token K and V
-  // scales as [step][K|V][lane] float2 (the scores of tokens 2c and 2c+1 of each step).
+  // One stage of a warp's ring: its K vectors as [vector][lane]; then V, either as [vector][lane]
+  // (CUDA-core P.V) or as token rows padded by 16 bytes (tensor-core P.V reads 4-byte words of 4
+  // tokens per lane: the padding spreads the 4 tokens of a load over distinct banks); then the
+  // per-token K and V scales as [step][K|V][lane] float2 (tokens 2c and 2c+1 of each step).
   static constexpr int kKStageVectors = kSteps * kKVectors;
-  static constexpr int kStageVectors = kKStageVectors + kSteps * kVLoads;
-  static constexpr int kStageBytes = kStageVectors * 32 * 16 + kSteps * 2 * 32 * 8;
+  static constexpr int kVPitch = kHeadDim * static_cast<int>(sizeof(Storage)) + 16;
+  static constexpr int kVRegionBytes = kPvMma ? kSteps * 8 * kVPitch : kSteps * kVLoads * 32 * 16;
+  static constexpr int kScaleOffset = kKStageVectors * 32 * 16 + kVRegionBytes;
+  static constexpr int kStageBytes = kScaleOffset + kSteps * 2 * 32 * 8;
   static constexpr int kStages = kRingBytesPerBlock / (kDecodeWarps * kStageBytes) > 4   ? 4
                                  : kRingBytesPerBlock / (kDecodeWarps * kStageBytes) < 2 ? 2
                                                                                          : kRingBytesPerBlock / (kDecodeWarps * kStageBytes);
   static constexpr int kSmemBytes = kDecodeWarps * kStages * kStageBytes;
   static_assert(kRowVectors % 4 == 0 && kRowVectors <= 32, "head_dim of 64, 128 or 256");
-  static_assert(kStageBytes % 16 == 0, "stages stay 16-byte aligned");
+  static_assert(kStageBytes % 16 == 0 && kVPitch % 16 == 0, "stages and V rows stay 16-byte aligned");
+  static_assert(!kPvMma || kSteps % 2 == 0, "tensor-core P.V takes steps in pairs");
 };
 
 template <typename Storage, int kHeadDim, int kGroup>
@@ -251,13 +267,19 @@ __global__ void __launch_bounds__(kDecodeThreads) paged_decode_kernel(const Deco
     for (int i = 0; i < kKVectors; ++i) {
 #pragma unroll
       for (int jj = 0; jj < kStepsPerVector; ++jj) {
+        // 4 consecutive channels: one 8-byte load.
         const int base = (quad_col + 4 * i) * kE + 4 * jj;
+        uint2 raw = make_uint2(0, 0);
+        if (active) raw = *reinterpret_cast<const uint2*>(static_cast<const uint16_t*>(p.q) + q_row + base);
+        const float2 lo = p.q_fp16 ? half2_to_float2(raw.x) : bf16x2_to_float2(raw.x);
+        const float2 hi = p.q_fp16 ? half2_to_float2(raw.y) : bf16x2_to_float2(raw.y);
+        float* x = q[i * kStepsPerVector + jj];
+        x[0] = lo.x;
+        x[1] = lo.y;
+        x[2] = hi.x;
+        x[3] = hi.y;
 #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const float x = active ? load_activation(p.q, q_row + base + e, p.q_fp16) : 0.0f;
-          q[i * kStepsPerVector + jj][e] = x;
-          amax = fmaxf(amax, fabsf(x));
-        }
+        for (int e = 0; e < 4; ++e) amax = fmaxf(amax, fabsf(x[e]));
       }
     }
     amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 1));
@@ -296,11 +318,16 @@ __global__ void __launch_bounds__(kDecodeThreads) paged_decode_kernel(const Deco
 
   float m = -INFINITY;  // running max of this lane's head (identical across its quad)
   float l = 0.0f;       // this lane's share of the softmax sum (summed over the quad at the end)
-  float acc[kGroup][kE];
+  // The output accumulator. Tensor-core P.V: kHeadDim / 16 tiles of O^T (16 channels x 8 heads);
+  // tile 2 * g4 + h holds, in its C fragment, channels 32 * g4 + 4r + 2h (rows r) and that + 1
+  // (rows r + 8) for heads 2c and 2c + 1. CUDA-core P.V: kE channels of this lane's V row per head.
+  constexpr int kAccRows = Tile::kPvMma ? kHeadDim / 16 : kGroup;
+  constexpr int kAccCols = Tile::kPvMma ? 4 : kE;
+  float acc[kAccRows][kAccCols];
 #pragma unroll
-  for (int g = 0; g < kGroup; ++g) {
+  for (int a = 0; a < kAccRows; ++a) {
 #pragma unroll
-    for (int e = 0; e < kE; ++e) acc[g][e] = 0.0f;
+    for (int e = 0; e < kAccCols; ++e) acc[a][e] = 0.0f;
   }
 
   const int32_t* table = p.block_tables + static_cast<int64_t>(seq) * p.max_blocks_per_seq;
@@ -309,8 +336,9 @@ __global__ void __launch_bounds__(kDecodeThreads) paged_decode_kernel(const Deco
   const int position_mask = (1 << p.log2_block_size) - 1;
 
   // Each warp streams its own tiles (every kDecodeWarps-th one) through a private ring of kStages
-  // stages: kStages - 1 iterations of copies stay in flight while it computes on the oldest. A lane
-  // reads back only the vectors its own cp.async wrote, so the ring needs no barrier.
+  // stages: kStages - 1 iterations of copies stay in flight while it computes on the oldest. The
+  // tensor-core P.V reads V words that other lanes of the warp copied, so a warp barrier follows
+  // the wait (making those copies visible) and precedes each refill (no lane still reads the stage).
   extern __shared__ uint4 decode_ring[];
   uint4* ring = decode_ring + static_cast<size_t>(warp) * kStages * (Tile::kStageBytes / 16);
   const int warp_begin = t_begin + warp * kWarpTile;
@@ -322,7 +350,8 @@ __global__ void __launch_bounds__(kDecodeThreads) paged_decode_kernel(const Deco
   auto issue = [&](int it) {
     const int tile = warp_begin + it * kBlockTile;
     uint4* stage = ring + (it % kStages) * (Tile::kStageBytes / 16);
-    float2* stage_scales = reinterpret_cast<float2*>(stage + Tile::kStageVectors * 32);
+    uint8_t* v_rows = reinterpret_cast<uint8_t*>(stage + Tile::kKStageVectors * 32);
+    float2* stage_scales = reinterpret_cast<float2*>(reinterpret_cast<uint8_t*>(stage) + Tile::kScaleOffset);
 #pragma unroll
     for (int u = 0; u < kSteps; ++u) {
       const int step = tile + 8 * u;
@@ -344,8 +373,9 @@ __global__ void __launch_bounds__(kDecodeThreads) paged_decode_kernel(const Deco
 #pragma unroll
       for (int i = 0; i < kVLoads; ++i) {
         const int t = v_row + kVRows * i;
-        cp_async_16(stage + (Tile::kKStageVectors + u * kVLoads + i) * 32 + lane, v_page + t * kHeadDim + v_c0,
-                    ok && step + t < t_end);
+        void* dst = Tile::kPvMma ? static_cast<void*>(v_rows + (8 * u + t) * Tile::kVPitch + v_c0 * sizeof(Storage))
+                                 : static_cast<void*>(stage + (Tile::kKStageVectors + u * kVLoads + i) * 32 + lane);
+        cp_async_16(dst, v_page + t * kHeadDim + v_c0, ok && step + t < t_end);
       }
       if (per_token) {
         const int64_t s = p.layout.token_scale_offset(block, kv_head, position0) + 2 * quad_col;
@@ -365,15 +395,19 @@ __global__ void __launch_bounds__(kDecodeThreads) paged_decode_kernel(const Deco
     }
   }
   for (int it = 0; it < iterations; ++it) {
+    __syncwarp();
     if (it + kStages - 1 < iterations) {
       issue(it + kStages - 1);
     } else {
       cp_async_commit();
     }
     cp_async_wait<kStages - 1>();
+    __syncwarp();
     const int tile = warp_begin + it * kBlockTile;
     const uint4* stage = ring + (it % kStages) * (Tile::kStageBytes / 16);
-    const float2* stage_scales = reinterpret_cast<const float2*>(stage + Tile::kStageVectors * 32);
+    const uint8_t* v_rows = reinterpret_cast<const uint8_t*>(stage + Tile::kKStageVectors * 32);
+    const float2* stage_scales =
+        reinterpret_cast<const float2*>(reinterpret_cast<const uint8_t*>(stage) + Tile::kScaleOffset);
     uint4 k_vec[kSteps][kKVectors];
     uint4 v_vec[kSteps][kVLoads];
     float2 k_tok[kSteps];
@@ -383,7 +417,9 @@ __global__ void __launch_bounds__(kDecodeThreads) paged_decode_kernel(const Deco
 #pragma unroll
       for (int i = 0; i < kKVectors; ++i) k_vec[u][i] = stage[(u * kKVectors + i) * 32 + lane];
 #pragma unroll
-      for (int i = 0; i < kVLoads; ++i) v_vec[u][i] = stage[(Tile::kKStageVectors + u * kVLoads + i) * 32 + lane];
+      for (int i = 0; i < kVLoads; ++i) {
+        if constexpr (!Tile::kPvMma) v_vec[u][i] = stage[(Tile::kKStageVectors + u * kVLoads + i) * 32 + lane];
+      }
       k_tok[u] = per_token ? stage_scales[(2 * u) * 32 + lane] : make_float2(1.0f, 1.0f);
       v_tok[u] = per_token ? stage_scales[(2 * u + 1) * 32 + lane] : make_float2(1.0f, 1.0f);
     }
@@ -424,58 +460,148 @@ __global__ void __launch_bounds__(kDecodeThreads) paged_decode_kernel(const Deco
       const float p0 = exp2f(s[u][0] - m_ref);
       const float p1 = exp2f(s[u][1] - m_ref);
       l += p0 + p1;
-      s[u][0] = p0 * v_tok[u].x;  // a per-token V scale weighs the probability
-      s[u][1] = p1 * v_tok[u].y;
+      // A per-token V scale weighs the probability (the tensor-core P.V applies it per pair).
+      s[u][0] = Tile::kPvMma ? p0 : p0 * v_tok[u].x;
+      s[u][1] = Tile::kPvMma ? p1 : p1 * v_tok[u].y;
     }
     m = m_new;
 
-    // P @ V on the CUDA cores in the row layout: the probabilities of this lane's V tokens come
-    // from the lanes holding them (head g's token t sits in lane 4g + t/2, element t % 2).
-    // Once the running max has settled, iterations rarely raise it: skip the rescale then.
-    if (__any_sync(0xffffffffu, correction != 1.0f)) {
+    if constexpr (Tile::kPvMma) {
+      // P.V on the tensor cores: O^T (channels x heads) += V^T (channels x 16 tokens) . P^T.
+      // B = P^T (k = token, n = head): lane (r, c) already holds head r's probabilities of tokens
+      // 2c, 2c+1 of both steps of a pair, exactly its B fragment. A = V^T: lane (r, c) reads
+      // channels 32*g4 + 4r .. +3 of tokens 2c, 2c+1, 2c+8, 2c+9 (4-byte words) from the stage's
+      // token rows and byte-permutes them into (channel: token pair) codes, widened exactly to fp16.
+      // P is rounded to fp16 (probabilities in [0, 1]); the products accumulate in FP32.
+      if (__any_sync(0xffffffffu, correction != 1.0f)) {
+        const float c_even = __shfl_sync(0xffffffffu, correction, 8 * quad_col);
+        const float c_odd = __shfl_sync(0xffffffffu, correction, 8 * quad_col + 4);
 #pragma unroll
-      for (int g = 0; g < kGroup; ++g) {
-        const float c = __shfl_sync(0xffffffffu, correction, 4 * g);
-#pragma unroll
-        for (int e = 0; e < kE; ++e) acc[g][e] *= c;
+        for (int a = 0; a < kAccRows; ++a) {
+          acc[a][0] *= c_even;
+          acc[a][1] *= c_odd;
+          acc[a][2] *= c_even;
+          acc[a][3] *= c_odd;
+        }
       }
-    }
 #pragma unroll
-    for (int u = 0; u < kSteps; ++u) {
+      for (int u2 = 0; u2 < kSteps / 2; ++u2) {
+        float pscale = 1.0f;
+        float p00 = s[2 * u2][0], p01 = s[2 * u2][1], p10 = s[2 * u2 + 1][0], p11 = s[2 * u2 + 1][1];
+        if (per_token) {
+          // Per-token V scales enter P before its fp16 rounding, normalised by the pair's largest
+          // (so P stays in [0, 1], clear of fp16's subnormals); the accumulator is brought to the
+          // same normalisation around the products.
+          const float2 va = v_tok[2 * u2];
+          const float2 vb = v_tok[2 * u2 + 1];
+          float vmax = fmaxf(fmaxf(va.x, va.y), fmaxf(vb.x, vb.y));
+          vmax = fmaxf(vmax, __shfl_xor_sync(0xffffffffu, vmax, 1));
+          vmax = fmaxf(vmax, __shfl_xor_sync(0xffffffffu, vmax, 2));
+          pscale = vmax > 0.0f ? vmax : 1.0f;
+          const float inv = 1.0f / pscale;
+          p00 *= va.x * inv;
+          p01 *= va.y * inv;
+          p10 *= vb.x * inv;
+          p11 *= vb.y * inv;
 #pragma unroll
-      for (int i = 0; i < kVLoads; ++i) {
-        const int t = v_row + kVRows * i;
-        float v[kE];
-        Traits::unpack(v_vec[u][i], v);
+          for (int a = 0; a < kAccRows; ++a) {
 #pragma unroll
+            for (int e = 0; e < 4; ++e) acc[a][e] *= inv;
+          }
+        }
+        const uint32_t b0 = float2_to_half2(p00, p01);
+        const uint32_t b1 = float2_to_half2(p10, p11);
+        const uint8_t* rows = v_rows + (16 * u2 + 2 * quad_col) * Tile::kVPitch + 4 * quad_row;
+#pragma unroll
+        for (int g4 = 0; g4 < kHeadDim / 32; ++g4) {
+          const uint32_t w0 = *reinterpret_cast<const uint32_t*>(rows + 32 * g4);
+          const uint32_t w1 = *reinterpret_cast<const uint32_t*>(rows + Tile::kVPitch + 32 * g4);
+          const uint32_t w8 = *reinterpret_cast<const uint32_t*>(rows + 8 * Tile::kVPitch + 32 * g4);
+          const uint32_t w9 = *reinterpret_cast<const uint32_t*>(rows + 9 * Tile::kVPitch + 32 * g4);
+          // (channel 0: t, t+1), (channel 1: t, t+1) and likewise for channels 2, 3.
+          const uint32_t lo_a = __byte_perm(w0, w1, 0x5140);
+          const uint32_t hi_a = __byte_perm(w0, w1, 0x7362);
+          const uint32_t lo_b = __byte_perm(w8, w9, 0x5140);
+          const uint32_t hi_b = __byte_perm(w8, w9, 0x7362);
+          mma_m16n8k16_f16(acc[2 * g4], fp8x2_to_half2_bits<Storage>(static_cast<uint16_t>(lo_a & 0xffffu)),
+                           fp8x2_to_half2_bits<Storage>(static_cast<uint16_t>(lo_a >> 16)),
+                           fp8x2_to_half2_bits<Storage>(static_cast<uint16_t>(lo_b & 0xffffu)),
+                           fp8x2_to_half2_bits<Storage>(static_cast<uint16_t>(lo_b >> 16)), b0, b1);
+          mma_m16n8k16_f16(acc[2 * g4 + 1], fp8x2_to_half2_bits<Storage>(static_cast<uint16_t>(hi_a & 0xffffu)),
+                           fp8x2_to_half2_bits<Storage>(static_cast<uint16_t>(hi_a >> 16)),
+                           fp8x2_to_half2_bits<Storage>(static_cast<uint16_t>(hi_b & 0xffffu)),
+                           fp8x2_to_half2_bits<Storage>(static_cast<uint16_t>(hi_b >> 16)), b0, b1);
+        }
+        if (per_token) {
+#pragma unroll
+          for (int a = 0; a < kAccRows; ++a) {
+#pragma unroll
+            for (int e = 0; e < 4; ++e) acc[a][e] *= pscale;
+          }
+        }
+      }
+    } else {
+      // P @ V on the CUDA cores in the row layout: the probabilities of this lane's V tokens come
+      // from the lanes holding them (head g's token t sits in lane 4g + t/2, element t % 2).
+      // Once the running max has settled, iterations rarely raise it: skip the rescale then.
+      if (__any_sync(0xffffffffu, correction != 1.0f)) {
+  #pragma unroll
         for (int g = 0; g < kGroup; ++g) {
-          const float x0 = __shfl_sync(0xffffffffu, s[u][0], 4 * g + t / 2);
-          const float x1 = __shfl_sync(0xffffffffu, s[u][1], 4 * g + t / 2);
-          const float prob = (t & 1) ? x1 : x0;
-#pragma unroll
-          for (int e = 0; e < kE; ++e) acc[g][e] = fmaf(prob, v[e], acc[g][e]);
+          const float c = __shfl_sync(0xffffffffu, correction, 4 * g);
+  #pragma unroll
+          for (int e = 0; e < kE; ++e) acc[g][e] *= c;
+        }
+      }
+  #pragma unroll
+      for (int u = 0; u < kSteps; ++u) {
+  #pragma unroll
+        for (int i = 0; i < kVLoads; ++i) {
+          const int t = v_row + kVRows * i;
+          float v[kE];
+          Traits::unpack(v_vec[u][i], v);
+  #pragma unroll
+          for (int g = 0; g < kGroup; ++g) {
+            const float x0 = __shfl_sync(0xffffffffu, s[u][0], 4 * g + t / 2);
+            const float x1 = __shfl_sync(0xffffffffu, s[u][1], 4 * g + t / 2);
+            const float prob = (t & 1) ? x1 : x0;
+  #pragma unroll
+            for (int e = 0; e < kE; ++e) acc[g][e] = fmaf(prob, v[e], acc[g][e]);
+          }
         }
       }
     }
   }
 
-  // Rows of the V layout hold the same channels for different tokens, all relative to the same
-  // running max: plain sums merge them. The softmax sum is spread over each head's quad.
-#pragma unroll
-  for (int offset = kRowVectors; offset < 32; offset *= 2) {
-#pragma unroll
-    for (int g = 0; g < kGroup; ++g) {
-#pragma unroll
-      for (int e = 0; e < kE; ++e) acc[g][e] += __shfl_xor_sync(0xffffffffu, acc[g][e], offset);
-    }
-  }
+  // The softmax sum is spread over each head's quad.
   l += __shfl_xor_sync(0xffffffffu, l, 1);
   l += __shfl_xor_sync(0xffffffffu, l, 2);
-  if (v_row == 0) {
+  if constexpr (Tile::kPvMma) {
 #pragma unroll
-    for (int g = 0; g < kGroup; ++g) {
+    for (int a = 0; a < kAccRows; ++a) {
 #pragma unroll
-      for (int e = 0; e < kE; ++e) smem_acc[warp][g][v_c0 + e] = acc[g][e];
+      for (int e = 0; e < 4; ++e) {
+        const int head = 2 * quad_col + (e & 1);
+        const int channel = 32 * (a / 2) + 4 * quad_row + 2 * (a % 2) + (e >> 1);
+        if (head < kGroup) smem_acc[warp][head][channel] = acc[a][e];
+      }
+    }
+  } else {
+    // Rows of the V layout hold the same channels for different tokens, all relative to the same
+    // running max: plain sums merge them.
+#pragma unroll
+    for (int offset = kRowVectors; offset < 32; offset *= 2) {
+#pragma unroll
+      for (int g = 0; g < kGroup; ++g) {
+#pragma unroll
+        for (int e = 0; e < kE; ++e) acc[g][e] += __shfl_xor_sync(0xffffffffu, acc[g][e], offset);
+      }
+    }
+    if (v_row == 0) {
+#pragma unroll
+      for (int g = 0; g < kGroup; ++g) {
+#pragma unroll
+        for (int e = 0; e < kE; ++e) smem_acc[warp][g][v_c0 + e] = acc[g][e];
+      }
     }
   }
   if (quad_col == 0 && quad_row < kGroup) {
@@ -512,53 +638,132 @@ __global__ void __launch_bounds__(kDecodeThreads) paged_decode_kernel(const Deco
       if (c == 0) p.partial_lse[w_row] = l_sum > 0.0f ? m_max + __log2f(l_sum) : -INFINITY;
     }
   }
+  if (direct) return;
+
+  // Split-KV merge by the sequence's last split to finish (flash-decoding's reduction without a
+  // second launch). Release: every thread's partial writes are fenced before thread 0 counts.
+  __shared__ bool last_split;
+  __threadfence();
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    int32_t* counter = p.split_counters + static_cast<int64_t>(seq) * gridDim.x + blockIdx.x;
+    last_split = atomicAdd(counter, 1) == num_splits - 1;
+    if (last_split) *counter = 0;  // ready for the next run (CUDA graph replays)
+  }
+  __syncthreads();
+  if (!last_split) return;
+  __threadfence();  // acquire: the other splits' partials are visible past the counter
+
+  const int first = item.w;
+  cp_async_wait<0>();  // the ring is reused for the split weights
+  __syncthreads();
+  float* weights = reinterpret_cast<float*>(decode_ring);  // [kGroup][chunk]
+  constexpr int kWeightsPerHead = Tile::kSmemBytes / 4 / kGroup;
+  // Largest log2-sum-exp per head (over all splits), for stable weights exp2(lse - max).
+  float* head_max = &smem_m[0][0];  // [kGroup], the warp statistics are no longer needed
+  for (int g = warp; g < kGroup; g += kDecodeWarps) {
+    float mx = -INFINITY;
+    for (int i = lane; i < num_splits; i += 32) {
+      mx = fmaxf(mx, __ldcg(p.partial_lse + static_cast<int64_t>(first + i) * p.num_q_heads + q_head0 + g));
+    }
+#pragma unroll
+    for (int offset = 16; offset > 0; offset /= 2) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, offset));
+    if (lane == 0) head_max[g] = mx == -INFINITY ? 0.0f : mx;  // all splits empty: weights 0, output 0
+  }
+  // Each thread owns kOutputs (head, channel) outputs; per split it issues all their loads at once.
+  constexpr int kOutputs = (kGroup * kHeadDim + kDecodeThreads - 1) / kDecodeThreads;
+  float o[kOutputs] = {};
+  float weight_sum[kOutputs] = {};
+  for (int chunk = 0; chunk < num_splits; chunk += kWeightsPerHead) {
+    const int n = min(kWeightsPerHead, num_splits - chunk);
+    __syncthreads();
+    for (int k = static_cast<int>(threadIdx.x); k < kGroup * n; k += kDecodeThreads) {
+      const int g = k / n;
+      const int i = k % n;
+      const float lse = __ldcg(p.partial_lse + static_cast<int64_t>(first + chunk + i) * p.num_q_heads + q_head0 + g);
+      weights[g * kWeightsPerHead + i] = exp2f(lse - head_max[g]);
+    }
+    __syncthreads();
+#pragma unroll 4
+    for (int i = 0; i < n; ++i) {
+      const float* po = p.partial_o + (static_cast<int64_t>(first + chunk + i) * p.num_q_heads + q_head0) * kHeadDim;
+#pragma unroll
+      for (int j = 0; j < kOutputs; ++j) {
+        const int index = static_cast<int>(threadIdx.x) + j * kDecodeThreads;
+        if (index < kGroup * kHeadDim) {
+          const float w = weights[(index / kHeadDim) * kWeightsPerHead + i];
+          weight_sum[j] += w;
+          o[j] = fmaf(w, __ldcg(po + index), o[j]);
+        }
+      }
+    }
+  }
+#pragma unroll
+  for (int j = 0; j < kOutputs; ++j) {
+    const int index = static_cast<int>(threadIdx.x) + j * kDecodeThreads;
+    if (index >= kGroup * kHeadDim) break;
+    const int g = index / kHeadDim;
+    const int c = index % kHeadDim;
+    const float result = weight_sum[j] > 0.0f ? o[j] / weight_sum[j] : 0.0f;
+    store_activation(p.out, (static_cast<int64_t>(seq) * p.num_q_heads + q_head0 + g) * kHeadDim + c, result,
+                     p.out_fp16);
+  }
 }
 
+// Launches paged_decode_kernel<Storage, kHeadDim, kGroup> over `grid` (a non-null `blocks_per_sm`
+// instead receives how many of its blocks one SM holds at once, for the plan).
 template <typename Storage, int kHeadDim, int kGroup>
-void launch_paged_decode_kernel(const DecodeParams& p, dim3 grid, cudaStream_t stream) {
+void paged_decode_kernel_op(const DecodeParams* p, dim3 grid, cudaStream_t stream, int* blocks_per_sm) {
   constexpr int kSmem = DecodeTile<Storage, kHeadDim>::kSmemBytes;
+  const auto kernel = paged_decode_kernel<Storage, kHeadDim, kGroup>;
   // The ring exceeds the default 48 KB of dynamic shared memory: raise the limit once per device.
   static std::atomic<uint64_t> configured_devices{0};
   int device = 0;
   FP8KV_CUDA_CHECK(cudaGetDevice(&device));
   const uint64_t bit = uint64_t{1} << (device % 64);
   if ((configured_devices.load() & bit) == 0) {
-    FP8KV_CUDA_CHECK(cudaFuncSetAttribute(paged_decode_kernel<Storage, kHeadDim, kGroup>,
-                                          cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem));
+    FP8KV_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem));
     configured_devices.fetch_or(bit);
   }
-  paged_decode_kernel<Storage, kHeadDim, kGroup><<<grid, kDecodeThreads, kSmem, stream>>>(p);
+  if (blocks_per_sm != nullptr) {
+    FP8KV_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(blocks_per_sm, kernel, kDecodeThreads, kSmem));
+    return;
+  }
+  kernel<<<grid, kDecodeThreads, kSmem, stream>>>(*p);
 }
 
 template <typename Storage, int kHeadDim>
-void launch_paged_decode_group(const DecodeParams& p, int kernel_group, dim3 grid, cudaStream_t stream) {
+void paged_decode_group_op(const DecodeParams* p, int kernel_group, dim3 grid, cudaStream_t stream, int* blocks_per_sm) {
   switch (kernel_group) {
-    case 1: return launch_paged_decode_kernel<Storage, kHeadDim, 1>(p, grid, stream);
-    case 2: return launch_paged_decode_kernel<Storage, kHeadDim, 2>(p, grid, stream);
-    case 4: return launch_paged_decode_kernel<Storage, kHeadDim, 4>(p, grid, stream);
+    case 1: return paged_decode_kernel_op<Storage, kHeadDim, 1>(p, grid, stream, blocks_per_sm);
+    case 2: return paged_decode_kernel_op<Storage, kHeadDim, 2>(p, grid, stream, blocks_per_sm);
+    case 4: return paged_decode_kernel_op<Storage, kHeadDim, 4>(p, grid, stream, blocks_per_sm);
     case 8:
-      if constexpr (8 <= max_decode_group(StorageTraits<Storage>::kIsFp8, kHeadDim)) return launch_paged_decode_kernel<Storage, kHeadDim, 8>(p, grid, stream);
+      if constexpr (8 <= max_decode_group(StorageTraits<Storage>::kIsFp8, kHeadDim)) {
+        return paged_decode_kernel_op<Storage, kHeadDim, 8>(p, grid, stream, blocks_per_sm);
+      }
       break;
     default: break;
   }
 }
 
-// Launches paged_decode_kernel<Storage, head_dim, kernel_group> (kernel_group from
-// decode_kernel_group(), head_dim 64/128/256). One translation unit per storage type
-// (decode_<storage>.cu) instantiates it, so the four compile in parallel.
+// Launches paged_decode_kernel<Storage, head_dim, kernel_group> (kernel_group from the host's
+// selection, head_dim 64/128/256), or with p == nullptr reports its blocks per SM. One translation
+// unit per storage type (decode_<storage>.cu) instantiates it, so the four compile in parallel.
 template <typename Storage>
-void launch_paged_decode(const DecodeParams& p, int head_dim, int kernel_group, dim3 grid, cudaStream_t stream) {
+void paged_decode_op(const DecodeParams* p, int head_dim, int kernel_group, dim3 grid, cudaStream_t stream,
+                     int* blocks_per_sm) {
   switch (head_dim) {
-    case 64: return launch_paged_decode_group<Storage, 64>(p, kernel_group, grid, stream);
-    case 128: return launch_paged_decode_group<Storage, 128>(p, kernel_group, grid, stream);
-    case 256: return launch_paged_decode_group<Storage, 256>(p, kernel_group, grid, stream);
+    case 64: return paged_decode_group_op<Storage, 64>(p, kernel_group, grid, stream, blocks_per_sm);
+    case 128: return paged_decode_group_op<Storage, 128>(p, kernel_group, grid, stream, blocks_per_sm);
+    case 256: return paged_decode_group_op<Storage, 256>(p, kernel_group, grid, stream, blocks_per_sm);
     default: break;
   }
 }
 
-extern template void launch_paged_decode<Bf16>(const DecodeParams&, int, int, dim3, cudaStream_t);
-extern template void launch_paged_decode<Fp16>(const DecodeParams&, int, int, dim3, cudaStream_t);
-extern template void launch_paged_decode<Fp8E4M3>(const DecodeParams&, int, int, dim3, cudaStream_t);
-extern template void launch_paged_decode<Fp8E5M2>(const DecodeParams&, int, int, dim3, cudaStream_t);
+extern template void paged_decode_op<Bf16>(const DecodeParams*, int, int, dim3, cudaStream_t, int*);
+extern template void paged_decode_op<Fp16>(const DecodeParams*, int, int, dim3, cudaStream_t, int*);
+extern template void paged_decode_op<Fp8E4M3>(const DecodeParams*, int, int, dim3, cudaStream_t, int*);
+extern template void paged_decode_op<Fp8E5M2>(const DecodeParams*, int, int, dim3, cudaStream_t, int*);
 
 }  // namespace fp8kv::cuda_detail

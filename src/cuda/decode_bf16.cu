@@ -2,5 +2,5 @@
 #include "cuda/decode.cuh"
 
 namespace fp8kv::cuda_detail {
-template void launch_paged_decode<Bf16>(const DecodeParams&, int, int, dim3, cudaStream_t);
+template void paged_decode_op<Bf16>(const DecodeParams*, int, int, dim3, cudaStream_t, int*);
 }  // namespace fp8kv::cuda_detail
