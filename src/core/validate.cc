@@ -59,6 +59,15 @@ void check_same_dtype(const TensorRef& t, const char* argument, const TensorRef&
                 "), got ", dtype_name(t.dtype));
 }
 
+// An index tensor (slots, positions, block tables, lengths): on `device`, of integer `dtype`, and
+// of shape `expected` (-1 = any), checked in that order.
+void check_index_tensor(const TensorRef& t, const char* argument, Device device, DType dtype,
+                        std::initializer_list<int64_t> expected, const char* dim_names) {
+  check_device(t, argument, device);
+  check_dtype(t, argument, {dtype});
+  check_shape(t, argument, expected, dim_names);
+}
+
 // Static scales of an FP8 per_tensor / per_head cache, when they are readable here.
 void check_static_scales(const PagedKvLayer& cache) {
   if (cache.device != Device::kCpu || !is_fp8(cache.dtype) || cache.granularity == ScaleGranularity::kPerToken) return;
@@ -125,9 +134,7 @@ void validate(const CacheWriteArgs& args) {
   check_device(args.value, "value", dev);
   check_same_dtype(args.value, "value", args.key, "key");
   check_shape(args.value, "value", {n, layout.num_kv_heads, layout.head_dim}, "[num_tokens, num_kv_heads, head_dim]");
-  check_device(args.slot_mapping, "slot_mapping", dev);
-  check_dtype(args.slot_mapping, "slot_mapping", {DType::kInt64});
-  check_shape(args.slot_mapping, "slot_mapping", {n}, "[num_tokens]");
+  check_index_tensor(args.slot_mapping, "slot_mapping", dev, DType::kInt64, {n}, "[num_tokens]");
   if (dev == Device::kCpu) {
     const int64_t num_slots = args.cache.num_blocks * layout.block_size;
     const int64_t* slots = args.slot_mapping.ptr<const int64_t>();
@@ -145,9 +152,7 @@ void validate(const CacheWriteArgs& args) {
     const int64_t rotary_dim = table.size(1);
     FP8KV_REQUIRE(rotary_dim > 0 && rotary_dim % 2 == 0 && rotary_dim <= layout.head_dim, "rope.cos_sin",
                   "rotary_dim (dim 1) must be even and in [2, head_dim = ", layout.head_dim, "], got ", rotary_dim);
-    check_device(args.positions, "positions", dev);
-    check_dtype(args.positions, "positions", {DType::kInt32});
-    check_shape(args.positions, "positions", {n}, "[num_tokens]");
+    check_index_tensor(args.positions, "positions", dev, DType::kInt32, {n}, "[num_tokens]");
     if (dev == Device::kCpu) {
       const int32_t* pos = args.positions.ptr<const int32_t>();
       for (int64_t t = 0; t < n; ++t) {
@@ -171,12 +176,8 @@ void validate(const DecodeArgs& args) {
   check_head_dim(args.q.size(2), "q");
   check_gqa(args.q.size(1), layout.num_kv_heads, "q");
   const int64_t batch = args.q.size(0);
-  check_device(args.block_tables, "block_tables", dev);
-  check_dtype(args.block_tables, "block_tables", {DType::kInt32});
-  check_shape(args.block_tables, "block_tables", {batch, -1}, "[batch, max_blocks_per_seq]");
-  check_device(args.seq_lens, "seq_lens", dev);
-  check_dtype(args.seq_lens, "seq_lens", {DType::kInt32});
-  check_shape(args.seq_lens, "seq_lens", {batch}, "[batch]");
+  check_index_tensor(args.block_tables, "block_tables", dev, DType::kInt32, {batch, -1}, "[batch, max_blocks_per_seq]");
+  check_index_tensor(args.seq_lens, "seq_lens", dev, DType::kInt32, {batch}, "[batch]");
   check_device(args.out, "out", dev);
   check_activation_dtype(args.out, "out", dev);
   check_shape(args.out, "out", {batch, args.q.size(1), layout.head_dim}, "[batch, num_q_heads, head_dim]");
@@ -208,9 +209,8 @@ void validate(const PrefillArgs& args) {
   FP8KV_REQUIRE(args.cu_seqlens_q.ndim == 1 && args.cu_seqlens_q.size(0) >= 1, "cu_seqlens_q",
                 "expected shape [batch + 1], got ", args.cu_seqlens_q.shape_string());
   const int64_t batch = args.cu_seqlens_q.size(0) - 1;
-  check_device(args.cu_seqlens_k, "cu_seqlens_k", dev);
-  check_dtype(args.cu_seqlens_k, "cu_seqlens_k", {DType::kInt32});
-  check_shape(args.cu_seqlens_k, "cu_seqlens_k", {batch + 1}, "[batch + 1] (batch from cu_seqlens_q)");
+  check_index_tensor(args.cu_seqlens_k, "cu_seqlens_k", dev, DType::kInt32, {batch + 1},
+                     "[batch + 1] (batch from cu_seqlens_q)");
   check_device(args.out, "out", dev);
   check_prefill_output_dtype(args.out, "out", dev);
   check_shape(args.out, "out", {total_q, num_q_heads, head_dim}, "[total_q, num_q_heads, head_dim]");
@@ -240,12 +240,9 @@ void validate(const PagedPrefillArgs& args) {
   FP8KV_REQUIRE(args.block_tables.ndim == 2, "block_tables", "expected shape [batch, max_blocks_per_seq], got ",
                 args.block_tables.shape_string());
   const int64_t batch = args.block_tables.size(0);
-  check_device(args.cu_seqlens_q, "cu_seqlens_q", dev);
-  check_dtype(args.cu_seqlens_q, "cu_seqlens_q", {DType::kInt32});
-  check_shape(args.cu_seqlens_q, "cu_seqlens_q", {batch + 1}, "[batch + 1] (batch from block_tables)");
-  check_device(args.seq_lens, "seq_lens", dev);
-  check_dtype(args.seq_lens, "seq_lens", {DType::kInt32});
-  check_shape(args.seq_lens, "seq_lens", {batch}, "[batch]");
+  check_index_tensor(args.cu_seqlens_q, "cu_seqlens_q", dev, DType::kInt32, {batch + 1},
+                     "[batch + 1] (batch from block_tables)");
+  check_index_tensor(args.seq_lens, "seq_lens", dev, DType::kInt32, {batch}, "[batch]");
   check_device(args.out, "out", dev);
   check_prefill_output_dtype(args.out, "out", dev);
   check_shape(args.out, "out", {total_q, args.q.size(1), layout.head_dim}, "[total_q, num_q_heads, head_dim]");
