@@ -105,6 +105,20 @@ void store_row(const TensorRef& out, int64_t row, int head, const double* values
   for (int64_t c = 0; c < d; ++c) detail::store_rounded(out.data, out.dtype, base + c, values[c]);
 }
 
+// Attends query rows [row0, row0 + len_q) of head `head` to `kv` and stores the outputs. Causal
+// masking is bottom-right aligned: the last query sees every key.
+void attend_rows(const TensorRef& q_in, const TensorRef& out_rows, int64_t row0, int64_t len_q, int head,
+                 double q_scale, const HeadKv& kv, bool causal, float softmax_scale) {
+  const size_t d = static_cast<size_t>(kv.head_dim);
+  std::vector<double> q(d), out(d), scores;
+  for (int64_t i = 0; i < len_q; ++i) {
+    const int64_t visible = causal ? std::min(kv.length, i + (kv.length - len_q) + 1) : kv.length;
+    load_query(q_in, row0 + i, head, q_scale, q.data());
+    attend(q.data(), kv, visible, softmax_scale, out.data(), scores);
+    store_row(out_rows, row0 + i, head, out.data());
+  }
+}
+
 }  // namespace
 
 void paged_decode(const DecodeArgs& args) {
@@ -113,7 +127,6 @@ void paged_decode(const DecodeArgs& args) {
   const int64_t batch = args.q.size(0);
   const int q_heads = static_cast<int>(args.q.size(1));
   const int group = q_heads / args.cache.layout.num_kv_heads;
-  const int d = args.cache.layout.head_dim;
   const int64_t max_blocks = args.block_tables.size(1);
   const int32_t* tables = args.block_tables.ptr<const int32_t>();
   const int32_t* lens = args.seq_lens.ptr<const int32_t>();
@@ -121,10 +134,7 @@ void paged_decode(const DecodeArgs& args) {
     const int64_t b = item / q_heads;
     const int h = static_cast<int>(item % q_heads);
     const HeadKv kv = gather_paged(args.cache, tables + b * max_blocks, lens[b], h / group);
-    std::vector<double> q(static_cast<size_t>(d)), out(static_cast<size_t>(d)), scores;
-    load_query(args.q, b, h, 1.0, q.data());
-    attend(q.data(), kv, kv.length, args.softmax_scale, out.data(), scores);
-    store_row(args.out, b, h, out.data());
+    attend_rows(args.q, args.out, b, 1, h, 1.0, kv, false, args.softmax_scale);
   });
 }
 
@@ -154,15 +164,8 @@ void prefill(const PrefillArgs& args) {
         kv.v[static_cast<size_t>(j * d + c)] = detail::load(args.v.data, args.v.dtype, base + c) * v_scale;
       }
     }
-    const double q_scale = descale(args.q_descale, kv_head);
-    std::vector<double> q(static_cast<size_t>(d)), out(static_cast<size_t>(d)), scores;
-    for (int64_t i = 0; i < len_q; ++i) {
-      // Bottom-right causal alignment: the last query sees every key.
-      const int64_t visible = args.causal ? std::min(len_k, i + (len_k - len_q) + 1) : len_k;
-      load_query(args.q, cu_q[b] + i, h, q_scale, q.data());
-      attend(q.data(), kv, visible, args.softmax_scale, out.data(), scores);
-      store_row(args.out, cu_q[b] + i, h, out.data());
-    }
+    attend_rows(args.q, args.out, cu_q[b], len_q, h, descale(args.q_descale, kv_head), kv, args.causal,
+                args.softmax_scale);
   });
 }
 
@@ -172,7 +175,6 @@ void paged_prefill(const PagedPrefillArgs& args) {
   const int64_t batch = args.block_tables.size(0);
   const int q_heads = static_cast<int>(args.q.size(1));
   const int group = q_heads / args.cache.layout.num_kv_heads;
-  const int d = args.cache.layout.head_dim;
   const int64_t max_blocks = args.block_tables.size(1);
   const int32_t* tables = args.block_tables.ptr<const int32_t>();
   const int32_t* lens = args.seq_lens.ptr<const int32_t>();
@@ -184,14 +186,9 @@ void paged_prefill(const PagedPrefillArgs& args) {
     const int64_t len_q = cu_q[b + 1] - cu_q[b];
     if (len_q == 0) return;
     const HeadKv kv = gather_paged(args.cache, tables + b * max_blocks, lens[b], kv_head);
-    const double q_scale = descale(args.q_descale, kv_head);
-    std::vector<double> q(static_cast<size_t>(d)), out(static_cast<size_t>(d)), scores;
-    for (int64_t i = 0; i < len_q; ++i) {
-      const int64_t visible = i + (kv.length - len_q) + 1;
-      load_query(args.q, cu_q[b] + i, h, q_scale, q.data());
-      attend(q.data(), kv, visible, args.softmax_scale, out.data(), scores);
-      store_row(args.out, cu_q[b] + i, h, out.data());
-    }
+    // Always causal: the new tokens are the last len_q of the sequence.
+    attend_rows(args.q, args.out, cu_q[b], len_q, h, descale(args.q_descale, kv_head), kv, true,
+                args.softmax_scale);
   });
 }
 
