@@ -4,73 +4,14 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
-#include <fstream>
-#include <nlohmann/json.hpp>
 
 #include "common/test_utils.h"
 #include "cuda/gpu_test_utils.h"
+#include "engine/golden_utils.h"
 #include "fp8kv/engine/engine.h"
 
 namespace fp8kv::engine {
 namespace {
-
-const std::string kData = FP8KV_TEST_DATA_DIR;
-
-struct Golden {
-  std::vector<int32_t> input_ids, greedy;
-  std::vector<double> margins;
-  std::vector<float> logits;
-};
-
-Golden load_golden(const std::string& dir) {
-  Golden g;
-  std::ifstream jf(dir + "/golden.json");
-  const nlohmann::json j = nlohmann::json::parse(jf);
-  g.input_ids = j.at("input_ids").get<std::vector<int32_t>>();
-  g.greedy = j.at("greedy_new_tokens").get<std::vector<int32_t>>();
-  g.margins = j.at("greedy_top2_margins").get<std::vector<double>>();
-  std::ifstream f(dir + "/" + j.at("logits_file").get<std::string>(), std::ios::binary);
-  uint64_t header_len = 0;
-  f.read(reinterpret_cast<char*>(&header_len), 8);
-  std::string header(header_len, '\0');
-  f.read(header.data(), static_cast<std::streamsize>(header_len));
-  const auto offsets = nlohmann::json::parse(header).at("logits").at("data_offsets").get<std::vector<int64_t>>();
-  g.logits.resize(static_cast<size_t>(offsets[1] - offsets[0]) / sizeof(float));
-  f.seekg(static_cast<std::streamoff>(8 + header_len + static_cast<uint64_t>(offsets[0])));
-  f.read(reinterpret_cast<char*>(g.logits.data()), static_cast<std::streamsize>(offsets[1] - offsets[0]));
-  return g;
-}
-
-// All-position logits of `tokens`, fed in `chunk`-token steps (chunk 1 = the decode kernel).
-std::vector<float> logits_of(Model& model, const std::vector<int32_t>& tokens, DType kv, int chunk) {
-  const ModelConfig& config = model.config();
-  KvCacheFormat format;
-  format.dtype = kv;
-  format.granularity = ScaleGranularity::kPerToken;
-  KvCache cache = make_kv_cache(config, format, 16, 16, model.backend().device());
-  const SequenceId seq = cache.allocator().create_sequence();
-  const int32_t n = static_cast<int32_t>(tokens.size()), vocab = config.vocab_size;
-  std::vector<float> out(static_cast<size_t>(n) * vocab, NAN);
-  for (int32_t start = 0; start < n; start += chunk) {
-    const int32_t len = std::min(chunk, n - start);
-    const AppendResult a = cache.allocator().append_tokens(seq, len);
-    StepBatch batch;
-    batch.add_sequence(std::vector<int32_t>(tokens.begin() + start, tokens.begin() + start + len), start, a.slots,
-                       cache.allocator().block_table(seq), false);
-    for (int32_t i = 0; i < len; ++i) batch.logit_rows.push_back(i);
-    batch.finalize();
-    DeviceTensor logits(model.backend().device(), DType::kFloat32, {len, vocab});
-    model.forward(batch, cache, logits.ref());
-    model.backend().copy_to_host(out.data() + static_cast<int64_t>(start) * vocab, logits.ref());
-  }
-  return out;
-}
-
-double max_abs(const std::vector<float>& v) {
-  double m = 0.0;
-  for (float x : v) m = std::max(m, static_cast<double>(std::fabs(x)));
-  return m;
-}
 
 class EngineCudaTest : public ::testing::TestWithParam<std::string> {};
 
@@ -82,7 +23,7 @@ constexpr double kU = 1.0 / 256;
 
 TEST_P(EngineCudaTest, MatchesTransformersAndCpuBackend) {
   FP8KV_REQUIRE_GPU();
-  const std::string dir = kData + "/" + GetParam();
+  const std::string dir = kGoldenDataDir + "/" + GetParam();
   const Golden golden = load_golden(dir);
   const ModelConfig config = load_model_config(dir);
   const Checkpoint checkpoint = Checkpoint::open(dir);
@@ -90,10 +31,10 @@ TEST_P(EngineCudaTest, MatchesTransformersAndCpuBackend) {
   auto cpu = make_cpu_backend();
   Model gpu_model(config, checkpoint, *cuda);
   Model cpu_model(config, checkpoint, *cpu);
-  const std::vector<float> cpu_logits = logits_of(cpu_model, golden.input_ids, DType::kBFloat16, 64);
+  const std::vector<float> cpu_logits = teacher_forced_logits(cpu_model, golden.input_ids, DType::kBFloat16, 64);
   for (DType kv : {DType::kBFloat16, DType::kFp8E4M3, DType::kFp8E5M2}) {
     for (int chunk : {64, 5, 1}) {
-      const std::vector<float> got = logits_of(gpu_model, golden.input_ids, kv, chunk);
+      const std::vector<float> got = teacher_forced_logits(gpu_model, golden.input_ids, kv, chunk);
       const double rel_golden = testing::relative_l2_error(got, golden.logits);
       const double rel_cpu = testing::relative_l2_error(got, cpu_logits);
       const double max_err = testing::max_abs_error(got, golden.logits);
@@ -110,7 +51,7 @@ TEST_P(EngineCudaTest, MatchesTransformersAndCpuBackend) {
 
 TEST_P(EngineCudaTest, GreedyDecodingMatchesTransformers) {
   FP8KV_REQUIRE_GPU();
-  const std::string dir = kData + "/" + GetParam();
+  const std::string dir = kGoldenDataDir + "/" + GetParam();
   const Golden golden = load_golden(dir);
   const ModelConfig config = load_model_config(dir);
   const Checkpoint checkpoint = Checkpoint::open(dir);
@@ -141,7 +82,7 @@ TEST_P(EngineCudaTest, GreedyDecodingMatchesTransformers) {
 // teacher-forced), through the decode kernel (chunk 1) and the prefill path (whole prompt).
 TEST_P(EngineCudaTest, Fp8KvAgainstBf16Kv) {
   FP8KV_REQUIRE_GPU();
-  const std::string dir = kData + "/" + GetParam();
+  const std::string dir = kGoldenDataDir + "/" + GetParam();
   const Golden golden = load_golden(dir);
   const ModelConfig config = load_model_config(dir);
   const Checkpoint checkpoint = Checkpoint::open(dir);
@@ -151,9 +92,9 @@ TEST_P(EngineCudaTest, Fp8KvAgainstBf16Kv) {
   tokens.insert(tokens.end(), golden.greedy.begin(), golden.greedy.end() - 1);
   const int64_t vocab = config.vocab_size, n = static_cast<int64_t>(tokens.size());
   for (int chunk : {1, 64}) {
-    const std::vector<float> ref = logits_of(model, tokens, DType::kBFloat16, chunk);
+    const std::vector<float> ref = teacher_forced_logits(model, tokens, DType::kBFloat16, chunk);
     for (DType kv : {DType::kFp8E4M3, DType::kFp8E5M2}) {
-      const std::vector<float> got = logits_of(model, tokens, kv, chunk);
+      const std::vector<float> got = teacher_forced_logits(model, tokens, kv, chunk);
       double kl = 0.0;
       int64_t agree = 0;
       for (int64_t i = 0; i < n; ++i) {

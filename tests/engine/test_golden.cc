@@ -6,75 +6,13 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
-#include <cstring>
-#include <fstream>
-#include <nlohmann/json.hpp>
 
 #include "common/test_utils.h"
+#include "engine/golden_utils.h"
 #include "fp8kv/engine/engine.h"
-#include "fp8kv/error.h"
 
 namespace fp8kv::engine {
 namespace {
-
-const std::string kData = FP8KV_TEST_DATA_DIR;
-
-struct Golden {
-  std::vector<int32_t> input_ids;
-  std::vector<int32_t> greedy;
-  std::vector<double> margins;
-  std::vector<float> logits;  // [tokens, vocab]
-};
-
-// Reads golden.json and the one float32 tensor of golden_logits.safetensors (format: 8-byte
-// little-endian header length, JSON header, raw data).
-Golden load_golden(const std::string& dir) {
-  Golden g;
-  std::ifstream jf(dir + "/golden.json");
-  const nlohmann::json j = nlohmann::json::parse(jf);
-  g.input_ids = j.at("input_ids").get<std::vector<int32_t>>();
-  g.greedy = j.at("greedy_new_tokens").get<std::vector<int32_t>>();
-  g.margins = j.at("greedy_top2_margins").get<std::vector<double>>();
-  std::ifstream f(dir + "/" + j.at("logits_file").get<std::string>(), std::ios::binary);
-  uint64_t header_len = 0;
-  f.read(reinterpret_cast<char*>(&header_len), 8);
-  std::string header(header_len, '\0');
-  f.read(header.data(), static_cast<std::streamsize>(header_len));
-  const nlohmann::json h = nlohmann::json::parse(header);
-  const auto& t = h.at("logits");
-  EXPECT_EQ(t.at("dtype").get<std::string>(), "F32");
-  const auto offsets = t.at("data_offsets").get<std::vector<int64_t>>();
-  g.logits.resize(static_cast<size_t>(offsets[1] - offsets[0]) / sizeof(float));
-  f.seekg(static_cast<std::streamoff>(8 + header_len + static_cast<uint64_t>(offsets[0])));
-  f.read(reinterpret_cast<char*>(g.logits.data()), static_cast<std::streamsize>(offsets[1] - offsets[0]));
-  EXPECT_TRUE(f.good());
-  return g;
-}
-
-// All-position logits of `tokens` run as one prefill (or `chunk`-token chunks) over a fresh cache.
-std::vector<float> prefill_logits(Model& model, const ModelConfig& config, const std::vector<int32_t>& tokens,
-                                  DType kv_dtype, int chunk) {
-  KvCacheFormat format;
-  format.dtype = kv_dtype;
-  format.granularity = ScaleGranularity::kPerToken;
-  KvCache cache = make_kv_cache(config, format, 16, 16, model.backend().device());
-  const SequenceId seq = cache.allocator().create_sequence();
-  const int32_t n = static_cast<int32_t>(tokens.size()), vocab = config.vocab_size;
-  std::vector<float> out(static_cast<size_t>(n) * vocab);
-  for (int32_t start = 0; start < n; start += chunk) {
-    const int32_t len = std::min(chunk, n - start);
-    const AppendResult a = cache.allocator().append_tokens(seq, len);
-    StepBatch batch;
-    batch.add_sequence(std::vector<int32_t>(tokens.begin() + start, tokens.begin() + start + len), start, a.slots,
-                       cache.allocator().block_table(seq), false);
-    for (int32_t i = 0; i < len; ++i) batch.logit_rows.push_back(i);
-    batch.finalize();
-    DeviceTensor logits(model.backend().device(), DType::kFloat32, {len, vocab});
-    model.forward(batch, cache, logits.ref());
-    model.backend().copy_to_host(out.data() + static_cast<int64_t>(start) * vocab, logits.ref());
-  }
-  return out;
-}
 
 class GoldenTest : public ::testing::TestWithParam<std::string> {};
 
@@ -86,14 +24,8 @@ class GoldenTest : public ::testing::TestWithParam<std::string> {};
 // else; a wrong norm weight, RoPE variant, bias or GQA mapping moves logits by O(1).
 double unit_roundoff(DType kv) { return kv == DType::kFloat16 ? std::ldexp(1.0, -11) : std::ldexp(1.0, -8); }
 
-double max_abs(const std::vector<float>& v) {
-  double m = 0.0;
-  for (float x : v) m = std::max(m, static_cast<double>(std::fabs(x)));
-  return m;
-}
-
 TEST_P(GoldenTest, LogitsMatchTransformers) {
-  const std::string dir = kData + "/" + GetParam();
+  const std::string dir = kGoldenDataDir + "/" + GetParam();
   const Golden golden = load_golden(dir);
   const ModelConfig config = load_model_config(dir);
   const Checkpoint checkpoint = Checkpoint::open(dir);
@@ -102,7 +34,7 @@ TEST_P(GoldenTest, LogitsMatchTransformers) {
   for (DType kv : {DType::kBFloat16, DType::kFloat16}) {
     const double u = unit_roundoff(kv);
     for (int chunk : {static_cast<int>(golden.input_ids.size()), 5}) {
-      const std::vector<float> got = prefill_logits(model, config, golden.input_ids, kv, chunk);
+      const std::vector<float> got = teacher_forced_logits(model, golden.input_ids, kv, chunk);
       ASSERT_EQ(got.size(), golden.logits.size());
       const double max_err = testing::max_abs_error(got, golden.logits);
       const double rel = testing::relative_l2_error(got, golden.logits);
@@ -119,7 +51,7 @@ TEST_P(GoldenTest, LogitsMatchTransformers) {
 // bound may legitimately pick the other token; the check is teacher-forced for those, so one
 // near-tie cannot cascade.
 TEST_P(GoldenTest, GreedyDecodingMatchesTransformers) {
-  const std::string dir = kData + "/" + GetParam();
+  const std::string dir = kGoldenDataDir + "/" + GetParam();
   const Golden golden = load_golden(dir);
   const ModelConfig config = load_model_config(dir);
   const Checkpoint checkpoint = Checkpoint::open(dir);
@@ -151,7 +83,7 @@ TEST_P(GoldenTest, GreedyDecodingMatchesTransformers) {
   // Teacher-forced: every step's argmax over the golden prefix.
   std::vector<int32_t> tokens = golden.input_ids;
   tokens.insert(tokens.end(), golden.greedy.begin(), golden.greedy.end() - 1);
-  const std::vector<float> logits = prefill_logits(model, config, tokens, DType::kBFloat16, 16);
+  const std::vector<float> logits = teacher_forced_logits(model, tokens, DType::kBFloat16, 16);
   const int64_t vocab = config.vocab_size;
   for (size_t i = 0; i < golden.greedy.size(); ++i) {
     const int64_t row = static_cast<int64_t>(golden.input_ids.size() + i) - 1;
