@@ -10,6 +10,7 @@
 #include <string>
 
 #include "fp8kv/dtype.h"
+#include "fp8kv/paged_cache.h"
 #include "fp8kv/scales.h"
 
 namespace fp8kv {
@@ -53,6 +54,9 @@ struct KvPlan {
 // Throws InvalidArgument for a budget too small for one block, a bad block size, a non-storage dtype.
 KvPlan plan_kv_cache(const ModelShape& model, int64_t budget_bytes, DType dtype, ScaleGranularity granularity,
                      int block_size);
+
+// The cache `plan` sizes for `model`: KvCache(kv_cache_spec(plan, model)) allocates plan.total_bytes.
+KvCacheSpec kv_cache_spec(const KvPlan& plan, const ModelShape& model);
 
 // "40GiB", "512MiB", "1.5GB", "1073741824" -> bytes. Throws InvalidArgument(argument, ...).
 int64_t parse_memory_size(const std::string& text, const std::string& argument = "memory");

@@ -158,15 +158,7 @@ void bind_cache(nb::module_& m) {
       .def_static(
           "from_plan",
           [](const KvPlan& plan, const ModelShape& model, const std::string& device) {
-            KvCacheSpec spec;
-            spec.num_layers = model.num_layers;
-            spec.num_kv_heads = model.num_kv_heads;
-            spec.head_dim = model.head_dim;
-            spec.block_size = plan.block_size;
-            spec.num_blocks = plan.num_blocks;
-            spec.dtype = plan.dtype;
-            spec.granularity = plan.granularity;
-            return make_cache(spec, device);
+            return make_cache(kv_cache_spec(plan, model), device);
           },
           nb::arg("plan"), nb::arg("model"), nb::arg("device") = "cpu",
           "Allocates the cache a plan describes (allocated_bytes == plan.total_bytes).")

@@ -177,6 +177,18 @@ KvPlan plan_kv_cache(const ModelShape& model, int64_t budget_bytes, DType dtype,
   return plan;
 }
 
+KvCacheSpec kv_cache_spec(const KvPlan& plan, const ModelShape& model) {
+  KvCacheSpec spec;
+  spec.num_layers = model.num_layers;
+  spec.num_kv_heads = model.num_kv_heads;
+  spec.head_dim = model.head_dim;
+  spec.block_size = plan.block_size;
+  spec.num_blocks = plan.num_blocks;
+  spec.dtype = plan.dtype;
+  spec.granularity = plan.granularity;
+  return spec;
+}
+
 int64_t parse_memory_size(const std::string& text, const std::string& argument) {
   size_t pos = 0;
   while (pos < text.size() && (std::isdigit(static_cast<unsigned char>(text[pos])) || text[pos] == '.')) ++pos;

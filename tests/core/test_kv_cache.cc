@@ -28,14 +28,14 @@ TEST(KvCache, AllocatedBytesEqualThePlan) {
     for (auto g : {ScaleGranularity::kPerTensor, ScaleGranularity::kPerHead, ScaleGranularity::kPerToken}) {
       for (int block_size : {16, 64}) {
         const KvPlan plan = plan_kv_cache(model, 48ll << 20, dtype, g, block_size);
-        KvCacheSpec spec;
-        spec.num_layers = model.num_layers;
-        spec.num_kv_heads = model.num_kv_heads;
-        spec.head_dim = model.head_dim;
-        spec.block_size = block_size;
-        spec.num_blocks = plan.num_blocks;
-        spec.dtype = dtype;
-        spec.granularity = g;
+        const KvCacheSpec spec = kv_cache_spec(plan, model);
+        EXPECT_EQ(spec.num_layers, model.num_layers);
+        EXPECT_EQ(spec.num_kv_heads, model.num_kv_heads);
+        EXPECT_EQ(spec.head_dim, model.head_dim);
+        EXPECT_EQ(spec.block_size, block_size);
+        EXPECT_EQ(spec.num_blocks, plan.num_blocks);
+        EXPECT_EQ(spec.dtype, dtype);
+        EXPECT_EQ(spec.granularity, g);
         const KvCache cache(spec);
         EXPECT_EQ(static_cast<int64_t>(cache.allocated_bytes()), plan.total_bytes)
             << kv_cache_dtype_name(dtype) << " " << scale_granularity_name(g) << " bs " << block_size;
