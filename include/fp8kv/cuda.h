@@ -4,8 +4,9 @@
 // needs no CUDA include. Every function validates its arguments with fp8kv::validate() (shapes,
 // dtypes, devices, head dims, GQA ratio). Tensors that live on the device (block tables, slot
 // mappings, positions, sequence lengths) cannot be read by the host without a synchronisation, so
-// the kernels bounds-check them instead: an out-of-range entry is never dereferenced, the affected
-// token is skipped, and a sticky device error bit is set that check_errors() turns into an
+// the kernels bounds-check them instead: an out-of-range entry is never dereferenced (the cache
+// write skips the token; decode reads zeros in its place, so that sequence's output is not
+// meaningful), and a sticky device error bit is set that check_errors() turns into an
 // InvalidArgument naming the tensor.
 #pragma once
 

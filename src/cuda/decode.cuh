@@ -8,12 +8,12 @@
 // are the rows of the A tile, 8 tokens the columns of B, and each lane loads its share of those
 // tokens' K rows with 16-byte vectors that are widened to fp16 (FP8 -> fp16 is exact) straight into
 // B fragments. Which channels a lane holds only has to agree between Q and K, so both use the
-// channel order the 16-byte loads give. P.V runs on the CUDA cores in a row layout (a token row is
-// kHeadDim / vector-width lanes, one 16-byte vector each), the probabilities fetched from the lanes
-// that computed them. K/V vectors (and per-token scales) stream through a per-warp ring of
-// shared-memory stages filled by cp.async, several iterations ahead of the compute. Every lane keeps the online-softmax state of its head (m, l) and
-// its part of the output; states are merged across lanes (shuffles) and warps (shared memory) once
-// at the end.
+// channel order the 16-byte loads give. P.V runs on the tensor cores too for FP8 storage (O^T =
+// V^T P^T, the probabilities already sitting in B-fragment order); 16-bit storage does it on the
+// CUDA cores in a row layout. K/V vectors (and per-token scales) stream through a per-warp ring of
+// shared-memory stages filled by cp.async, several iterations ahead of the compute. Every lane
+// keeps the online-softmax state of its head (m, l) and its part of the output; states are merged
+// across lanes (shuffles) and warps (shared memory) once at the end.
 //
 // Scales: per_tensor / per_head K scales fold into the per-head score scale (softmax_scale *
 // log2(e) * k_scale, so scores come out in log2 units for exp2), V scales multiply the output once.
