@@ -57,17 +57,8 @@ TEST_P(EngineCudaTest, GreedyDecodingMatchesTransformers) {
   const Checkpoint checkpoint = Checkpoint::open(dir);
   auto cuda = make_cuda_backend();
   Model model(config, checkpoint, *cuda);
-  KvCacheFormat format;
-  format.dtype = DType::kBFloat16;
-  KvCache cache = make_kv_cache(config, format, 16, 16, Device::kCuda);
-  Engine engine(model, cache);
-  SamplingParams s;
-  s.max_new_tokens = static_cast<int32_t>(golden.greedy.size());
-  s.ignore_eos = true;
-  engine.add_request(golden.input_ids, s);
-  const std::vector<int32_t> generated = engine.run_to_completion()[0].tokens;
-  size_t agree = 0;
-  while (agree < generated.size() && generated[agree] == golden.greedy[agree]) ++agree;
+  const std::vector<int32_t> generated = free_running_greedy(model, golden);
+  const size_t agree = agreeing_prefix(generated, golden.greedy);
   std::printf("[engine-cuda] %s: free-running greedy (bf16 cache) agrees with transformers on %zu of %zu tokens\n",
               GetParam().c_str(), agree, generated.size());
   // A step whose top-2 margin is below the logit error bound may legitimately pick the other token.
@@ -88,8 +79,7 @@ TEST_P(EngineCudaTest, Fp8KvAgainstBf16Kv) {
   const Checkpoint checkpoint = Checkpoint::open(dir);
   auto cuda = make_cuda_backend();
   Model model(config, checkpoint, *cuda);
-  std::vector<int32_t> tokens = golden.input_ids;
-  tokens.insert(tokens.end(), golden.greedy.begin(), golden.greedy.end() - 1);
+  const std::vector<int32_t> tokens = golden.teacher_forced_tokens();
   const int64_t vocab = config.vocab_size, n = static_cast<int64_t>(tokens.size());
   for (int chunk : {1, 64}) {
     const std::vector<float> ref = teacher_forced_logits(model, tokens, DType::kBFloat16, chunk);

@@ -24,6 +24,14 @@ struct Golden {
   std::vector<int32_t> greedy;
   std::vector<double> margins;
   std::vector<float> logits;  // [tokens, vocab]
+
+  // The prompt and every greedy token but the last: teacher-forced, position input_ids.size() - 1 + i
+  // predicts greedy[i].
+  std::vector<int32_t> teacher_forced_tokens() const {
+    std::vector<int32_t> tokens = input_ids;
+    tokens.insert(tokens.end(), greedy.begin(), greedy.end() - 1);
+    return tokens;
+  }
 };
 
 // Reads golden.json and the one float32 tensor of golden_logits.safetensors (format: 8-byte
@@ -77,6 +85,27 @@ inline std::vector<float> teacher_forced_logits(Model& model, const std::vector<
     model.backend().copy_to_host(out.data() + static_cast<int64_t>(start) * vocab, logits.ref());
   }
   return out;
+}
+
+// Free-running greedy decoding through the engine (prefill, then one decode step per token) of
+// greedy.size() tokens after the golden prompt, EOS ignored, over a bf16 cache.
+inline std::vector<int32_t> free_running_greedy(Model& model, const Golden& golden) {
+  KvCacheFormat format;
+  format.dtype = DType::kBFloat16;
+  KvCache cache = make_kv_cache(model.config(), format, 16, 16, model.backend().device());
+  Engine engine(model, cache);
+  SamplingParams s;
+  s.max_new_tokens = static_cast<int32_t>(golden.greedy.size());
+  s.ignore_eos = true;
+  engine.add_request(golden.input_ids, s);
+  return engine.run_to_completion()[0].tokens;
+}
+
+// How many leading tokens of `a` and `b` agree.
+inline size_t agreeing_prefix(const std::vector<int32_t>& a, const std::vector<int32_t>& b) {
+  size_t n = 0;
+  while (n < a.size() && n < b.size() && a[n] == b[n]) ++n;
+  return n;
 }
 
 inline double max_abs(const std::vector<float>& v) {

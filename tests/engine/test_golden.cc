@@ -60,19 +60,9 @@ TEST_P(GoldenTest, GreedyDecodingMatchesTransformers) {
   // The bf16 logit error bound of LogitsMatchTransformers.
   const double bound = 2 * unit_roundoff(DType::kBFloat16) * max_abs(golden.logits);
 
-  // Free-running engine decode.
-  KvCacheFormat format;
-  format.dtype = DType::kBFloat16;
-  KvCache cache = make_kv_cache(config, format, 16, 16, Device::kCpu);
-  Engine engine(model, cache);
-  SamplingParams s;
-  s.max_new_tokens = static_cast<int32_t>(golden.greedy.size());
-  s.ignore_eos = true;
-  engine.add_request(golden.input_ids, s);
-  const std::vector<int32_t> generated = engine.run_to_completion()[0].tokens;
+  const std::vector<int32_t> generated = free_running_greedy(model, golden);
   ASSERT_EQ(generated.size(), golden.greedy.size());
-  size_t agree = 0;
-  while (agree < generated.size() && generated[agree] == golden.greedy[agree]) ++agree;
+  const size_t agree = agreeing_prefix(generated, golden.greedy);
   std::printf("[golden] %s: free-running greedy agrees on %zu of %zu tokens\n", GetParam().c_str(), agree,
               generated.size());
   if (agree < generated.size()) {
@@ -81,9 +71,7 @@ TEST_P(GoldenTest, GreedyDecodingMatchesTransformers) {
   }
 
   // Teacher-forced: every step's argmax over the golden prefix.
-  std::vector<int32_t> tokens = golden.input_ids;
-  tokens.insert(tokens.end(), golden.greedy.begin(), golden.greedy.end() - 1);
-  const std::vector<float> logits = teacher_forced_logits(model, tokens, DType::kBFloat16, 16);
+  const std::vector<float> logits = teacher_forced_logits(model, golden.teacher_forced_tokens(), DType::kBFloat16, 16);
   const int64_t vocab = config.vocab_size;
   for (size_t i = 0; i < golden.greedy.size(); ++i) {
     const int64_t row = static_cast<int64_t>(golden.input_ids.size() + i) - 1;
