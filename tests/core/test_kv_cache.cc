@@ -3,6 +3,7 @@
 #include <cstring>
 #include <vector>
 
+#include "common/expect_error.h"
 #include "fp8kv/error.h"
 #include "fp8kv/kv_cache.h"
 #include "fp8kv/planner.h"
@@ -133,13 +134,8 @@ TEST(KvCache, ApplyCopiesCopiesEveryLayerHeadAndTokenScale) {
 TEST(KvCache, SpecValidation) {
   const KvCacheSpec good = small_spec(DType::kFp8E4M3, ScaleGranularity::kPerTensor);
   EXPECT_NO_THROW(good.validate());
-  auto expect_bad = [](KvCacheSpec s, const char* argument) {
-    try {
-      s.validate();
-      ADD_FAILURE() << "accepted bad " << argument;
-    } catch (const InvalidArgument& e) {
-      EXPECT_EQ(e.argument(), argument) << e.what();
-    }
+  auto expect_bad = [](const KvCacheSpec& s, const char* argument) {
+    testing::expect_invalid_argument([&] { s.validate(); }, argument);
   };
   KvCacheSpec s = good;
   s.block_size = 12;
@@ -170,12 +166,7 @@ TEST(KvCache, PagedLayerValidationNamesTheMissingPointer) {
   KvCache cache(small_spec(DType::kFp8E4M3, ScaleGranularity::kPerTensor));
   PagedKvLayer l = cache.layer(0);
   l.v_scale = nullptr;
-  try {
-    l.validate("cache");
-    FAIL();
-  } catch (const InvalidArgument& e) {
-    EXPECT_EQ(e.argument(), "cache.v_scale");
-  }
+  testing::expect_invalid_argument([&] { l.validate("cache"); }, "cache.v_scale");
   l = cache.layer(0);
   l.granularity = ScaleGranularity::kPerToken;
   EXPECT_THROW(l.validate(), InvalidArgument);  // no token scale buffers

@@ -5,6 +5,7 @@
 #include <fstream>
 #include <string>
 
+#include "common/expect_error.h"
 #include "fp8kv/error.h"
 #include "fp8kv/planner.h"
 
@@ -96,12 +97,8 @@ TEST(Planner, ParseMemorySize) {
   EXPECT_EQ(parse_memory_size("2 kib"), 2048);
   EXPECT_EQ(parse_memory_size("1TiB"), 1ll << 40);
   for (const char* bad : {"", "GiB", "12XB", "1.2.3GB", "-5GiB", "0", "0.1B", "1e3"}) {
-    try {
-      parse_memory_size(bad, "--memory");
-      ADD_FAILURE() << "accepted '" << bad << "'";
-    } catch (const InvalidArgument& e) {
-      EXPECT_EQ(e.argument(), "--memory");
-    }
+    SCOPED_TRACE(std::string("--memory '") + bad + "'");
+    testing::expect_invalid_argument([&] { parse_memory_size(bad, "--memory"); }, "--memory");
   }
 }
 

@@ -4,6 +4,7 @@
 #include <limits>
 #include <vector>
 
+#include "common/expect_error.h"
 #include "fp8kv/error.h"
 #include "fp8kv/fp8.h"
 #include "fp8kv/scales.h"
@@ -18,13 +19,8 @@ TEST(Scales, ParseNames) {
   for (auto g : {ScaleGranularity::kPerTensor, ScaleGranularity::kPerHead, ScaleGranularity::kPerToken}) {
     EXPECT_EQ(parse_scale_granularity(scale_granularity_name(g)), g);
   }
-  try {
-    parse_scale_granularity("per_channel", "--scales");
-    FAIL() << "expected InvalidArgument";
-  } catch (const InvalidArgument& e) {
-    EXPECT_EQ(e.argument(), "--scales");
-    EXPECT_NE(std::string(e.what()).find("per_channel"), std::string::npos);
-  }
+  testing::expect_invalid_argument([] { parse_scale_granularity("per_channel", "--scales"); }, "--scales",
+                                   {"per_channel"});
 }
 
 TEST(Scales, StaticScaleCount) {
@@ -53,13 +49,8 @@ TEST(Scales, ValidateRejectsNonFiniteZeroAndNegative) {
   EXPECT_NO_THROW(validate_scales(nullptr, 0, "k_scale"));
   for (float bad : {0.0f, -0.0f, -1.0f, std::numeric_limits<float>::infinity(), std::numeric_limits<float>::quiet_NaN()}) {
     std::vector<float> s{1.0f, bad};
-    try {
-      validate_scales(s.data(), 2, "k_scale");
-      FAIL() << "accepted scale " << bad;
-    } catch (const InvalidArgument& e) {
-      EXPECT_EQ(e.argument(), "k_scale");
-      EXPECT_NE(std::string(e.what()).find("scale[1]"), std::string::npos) << e.what();
-    }
+    SCOPED_TRACE(bad);
+    testing::expect_invalid_argument([&] { validate_scales(s.data(), 2, "k_scale"); }, "k_scale", {"scale[1]"});
   }
   EXPECT_THROW(validate_scales(nullptr, 2, "k_scale"), InvalidArgument);
 }

@@ -7,6 +7,7 @@
 #include <limits>
 #include <vector>
 
+#include "common/expect_error.h"
 #include "fp8kv/attention.h"
 #include "fp8kv/error.h"
 #include "fp8kv/kv_cache.h"
@@ -18,12 +19,7 @@ constexpr int kHeadsKv = 2, kHeadsQ = 8, kDim = 64, kBs = 16, kBlocks = 8, kBatc
 
 template <typename Args>
 void expect_rejected(const Args& args, const std::string& argument) {
-  try {
-    validate(args);
-    ADD_FAILURE() << "accepted bad '" << argument << "'";
-  } catch (const InvalidArgument& e) {
-    EXPECT_EQ(e.argument(), argument) << e.what();
-  }
+  testing::expect_invalid_argument([&] { validate(args); }, argument);
 }
 
 class ValidateTest : public ::testing::Test {

@@ -11,6 +11,7 @@
 #include <iterator>
 #include <nlohmann/json.hpp>
 
+#include "common/expect_error.h"
 #include "common/test_utils.h"
 #include "fp8kv/engine/checkpoint.h"
 #include "fp8kv/error.h"
@@ -55,16 +56,7 @@ std::string raw_safetensors(const std::string& header, const std::string& data) 
   return out + header + data;
 }
 
-// Expects `fn` to throw FileError whose message contains every one of `parts`.
-template <typename Fn>
-void expect_file_error(Fn fn, const std::vector<std::string>& parts) {
-  try {
-    fn();
-    ADD_FAILURE() << "no FileError thrown";
-  } catch (const FileError& e) {
-    for (const auto& p : parts) EXPECT_NE(std::string(e.what()).find(p), std::string::npos) << e.what() << "\n  lacks: " << p;
-  }
-}
+using testing::expect_error;
 
 TEST(Checkpoint, OpensTheSingleFileTransformersWrote) {
   const std::string dir = kData + "/tiny-qwen3";
@@ -106,13 +98,13 @@ TEST(Checkpoint, OpensShardsThroughTheIndex) {
 TEST(Checkpoint, MissingAndMisshapenTensorsNameFileAndTensor) {
   const std::string dir = kData + "/tiny-qwen3";
   const Checkpoint ckpt = Checkpoint::open(dir);
-  expect_file_error([&] { ckpt.get("lm_head.weight", {1024, 128}); }, {dir + "/model.safetensors", "'lm_head.weight'", "missing"});
-  expect_file_error([&] { ckpt.get("model.norm.weight", {64}); },
+  expect_error<FileError>([&] { ckpt.get("lm_head.weight", {1024, 128}); }, {dir + "/model.safetensors", "'lm_head.weight'", "missing"});
+  expect_error<FileError>([&] { ckpt.get("model.norm.weight", {64}); },
                     {dir + "/model.safetensors", "'model.norm.weight'", "[128]", "[64]"});
-  expect_file_error([&] { ckpt.read_float("model.layers.9.mlp.up_proj.weight"); }, {"'model.layers.9.mlp.up_proj.weight'"});
+  expect_error<FileError>([&] { ckpt.read_float("model.layers.9.mlp.up_proj.weight"); }, {"'model.layers.9.mlp.up_proj.weight'"});
   const std::string sharded = kData + "/tiny-llama";
   const Checkpoint shards = Checkpoint::open(sharded);
-  expect_file_error([&] { shards.get("model.layers.2.mlp.up_proj.weight", {256, 128}); },
+  expect_error<FileError>([&] { shards.get("model.layers.2.mlp.up_proj.weight", {256, 128}); },
                     {sharded + "/model.safetensors.index.json", "'model.layers.2.mlp.up_proj.weight'"});
 }
 
@@ -196,11 +188,11 @@ TEST(CheckpointCorruption, TruncatedFile) {
   const std::string path = valid_file(tmp);
   const std::string bytes = read_bytes(path);
   write_bytes(path, bytes.substr(0, bytes.size() - 3));
-  expect_file_error([&] { Checkpoint::open(tmp.path()); }, {path, "'model.b'", "past the data section"});
+  expect_error<FileError>([&] { Checkpoint::open(tmp.path()); }, {path, "'model.b'", "past the data section"});
   write_bytes(path, bytes.substr(0, 5));
-  expect_file_error([&] { Checkpoint::open(tmp.path()); }, {path, "too short"});
+  expect_error<FileError>([&] { Checkpoint::open(tmp.path()); }, {path, "too short"});
   write_bytes(path, bytes.substr(0, 30));  // cut inside the header
-  expect_file_error([&] { Checkpoint::open(tmp.path()); }, {path, "header length"});
+  expect_error<FileError>([&] { Checkpoint::open(tmp.path()); }, {path, "header length"});
 }
 
 TEST(CheckpointCorruption, GarbageHeaderLength) {
@@ -209,26 +201,26 @@ TEST(CheckpointCorruption, GarbageHeaderLength) {
   std::string bytes = read_bytes(path);
   for (int i = 0; i < 8; ++i) bytes[i] = '\xff';
   write_bytes(path, bytes);
-  expect_file_error([&] { Checkpoint::open(tmp.path()); }, {path, "header length 18446744073709551615"});
+  expect_error<FileError>([&] { Checkpoint::open(tmp.path()); }, {path, "header length 18446744073709551615"});
 }
 
 TEST(CheckpointCorruption, BadJson) {
   TempDir tmp;
   const std::string path = tmp.file("model.safetensors");
   write_bytes(path, raw_safetensors("{\"model.a\": {\"dtype\": \"F32\", \"shape\": [1], \"data_offsets\": [0, 4]", "abcd"));
-  expect_file_error([&] { Checkpoint::open(tmp.path()); }, {path, "not valid JSON"});
+  expect_error<FileError>([&] { Checkpoint::open(tmp.path()); }, {path, "not valid JSON"});
   write_bytes(path, raw_safetensors("[1, 2]  ", ""));
-  expect_file_error([&] { Checkpoint::open(tmp.path()); }, {path, "not a JSON object"});
+  expect_error<FileError>([&] { Checkpoint::open(tmp.path()); }, {path, "not a JSON object"});
   write_bytes(path, raw_safetensors(R"({"model.a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]},)"
                                     R"( "model.a": {"dtype": "F32", "shape": [1], "data_offsets": [4, 8]}})",
                                     "abcdefgh"));
-  expect_file_error([&] { Checkpoint::open(tmp.path()); }, {path, "'model.a'", "twice"});
+  expect_error<FileError>([&] { Checkpoint::open(tmp.path()); }, {path, "'model.a'", "twice"});
   write_bytes(path, raw_safetensors(R"({"model.a": {"dtype": "F32", "shape": [1]}})", "abcd"));
-  expect_file_error([&] { Checkpoint::open(tmp.path()); }, {path, "'model.a'", "data_offsets"});
+  expect_error<FileError>([&] { Checkpoint::open(tmp.path()); }, {path, "'model.a'", "data_offsets"});
   write_bytes(path, raw_safetensors(R"({"model.a": {"dtype": "I64", "shape": [1], "data_offsets": [0, 8]}})", "abcdefgh"));
-  expect_file_error([&] { Checkpoint::open(tmp.path()); }, {path, "'model.a'", "I64"});
+  expect_error<FileError>([&] { Checkpoint::open(tmp.path()); }, {path, "'model.a'", "I64"});
   write_bytes(path, raw_safetensors(R"({"model.a": {"dtype": "F32", "shape": [-1], "data_offsets": [0, 4]}})", "abcd"));
-  expect_file_error([&] { Checkpoint::open(tmp.path()); }, {path, "'model.a'", "shape"});
+  expect_error<FileError>([&] { Checkpoint::open(tmp.path()); }, {path, "'model.a'", "shape"});
 }
 
 TEST(CheckpointCorruption, OffsetsPastEnd) {
@@ -236,10 +228,10 @@ TEST(CheckpointCorruption, OffsetsPastEnd) {
   const std::string path = tmp.file("model.safetensors");
   write_bytes(path, raw_safetensors(R"({"model.w": {"dtype": "BF16", "shape": [4], "data_offsets": [8, 16]}})",
                                     std::string(12, 'x')));
-  expect_file_error([&] { Checkpoint::open(tmp.path()); }, {path, "'model.w'", "[8, 16)", "12 bytes"});
+  expect_error<FileError>([&] { Checkpoint::open(tmp.path()); }, {path, "'model.w'", "[8, 16)", "12 bytes"});
   write_bytes(path, raw_safetensors(R"({"model.w": {"dtype": "BF16", "shape": [0], "data_offsets": [8, 4]}})",
                                     std::string(12, 'x')));
-  expect_file_error([&] { Checkpoint::open(tmp.path()); }, {path, "'model.w'", "end before"});
+  expect_error<FileError>([&] { Checkpoint::open(tmp.path()); }, {path, "'model.w'", "end before"});
 }
 
 TEST(CheckpointCorruption, ShapeDisagreesWithSize) {
@@ -247,7 +239,7 @@ TEST(CheckpointCorruption, ShapeDisagreesWithSize) {
   const std::string path = tmp.file("model.safetensors");
   write_bytes(path, raw_safetensors(R"({"model.w": {"dtype": "F16", "shape": [2, 3], "data_offsets": [0, 8]}})",
                                     std::string(8, 'x')));
-  expect_file_error([&] { Checkpoint::open(tmp.path()); }, {path, "'model.w'", "8 bytes", "[2, 3]", "needs 12"});
+  expect_error<FileError>([&] { Checkpoint::open(tmp.path()); }, {path, "'model.w'", "8 bytes", "[2, 3]", "needs 12"});
 }
 
 TEST(CheckpointCorruption, OverlappingTensors) {
@@ -256,18 +248,18 @@ TEST(CheckpointCorruption, OverlappingTensors) {
   write_bytes(path, raw_safetensors(R"({"model.a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},)"
                                     R"( "model.b": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}})",
                                     std::string(12, 'x')));
-  expect_file_error([&] { Checkpoint::open(tmp.path()); }, {path, "'model.b'", "overlaps", "'model.a'"});
+  expect_error<FileError>([&] { Checkpoint::open(tmp.path()); }, {path, "'model.b'", "overlaps", "'model.a'"});
 }
 
 TEST(CheckpointCorruption, HeaderDoesNotCoverTheData) {
   TempDir tmp;
   const std::string path = valid_file(tmp);
   write_bytes(path, read_bytes(path) + "extra");
-  expect_file_error([&] { Checkpoint::open(tmp.path()); }, {path, "5 bytes after the last tensor", "'model.b'"});
+  expect_error<FileError>([&] { Checkpoint::open(tmp.path()); }, {path, "5 bytes after the last tensor", "'model.b'"});
   write_bytes(path, raw_safetensors(R"({"model.a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]},)"
                                     R"( "model.b": {"dtype": "F32", "shape": [1], "data_offsets": [8, 12]}})",
                                     std::string(12, 'x')));
-  expect_file_error([&] { Checkpoint::open(tmp.path()); }, {path, "'model.b'", "4 unused bytes", "'model.a'"});
+  expect_error<FileError>([&] { Checkpoint::open(tmp.path()); }, {path, "'model.b'", "4 unused bytes", "'model.a'"});
 }
 
 TEST(CheckpointCorruption, ShardedIndexDisagreesWithShards) {
@@ -283,27 +275,27 @@ TEST(CheckpointCorruption, ShardedIndexDisagreesWithShards) {
   EXPECT_EQ(ok.read_float("model.a"), a);
 
   write_bytes(index, R"({"weight_map": {"model.a": "s1.safetensors", "model.c": "s2.safetensors"}})");
-  expect_file_error([&] { Checkpoint::open(tmp.path()); }, {tmp.file("s2.safetensors"), "'model.c'", "not in the file"});
+  expect_error<FileError>([&] { Checkpoint::open(tmp.path()); }, {tmp.file("s2.safetensors"), "'model.c'", "not in the file"});
   write_bytes(index, R"({"weight_map": {"model.a": "s1.safetensors", "model.b": "s1.safetensors"}})");
-  expect_file_error([&] { Checkpoint::open(tmp.path()); }, {tmp.file("s1.safetensors"), "'model.b'", "not in the file"});
+  expect_error<FileError>([&] { Checkpoint::open(tmp.path()); }, {tmp.file("s1.safetensors"), "'model.b'", "not in the file"});
   write_bytes(index, R"({"weight_map": {"model.a": "s1.safetensors", "model.b": "s3.safetensors"}})");
-  expect_file_error([&] { Checkpoint::open(tmp.path()); }, {tmp.file("s3.safetensors"), "missing"});
+  expect_error<FileError>([&] { Checkpoint::open(tmp.path()); }, {tmp.file("s3.safetensors"), "missing"});
   write_bytes(index, R"({"weight_map": {"model.a": "s1.safetensors", "model.b": "s2.safetensors", "model.x": "s1.safetensors"}})");
-  expect_file_error([&] { Checkpoint::open(tmp.path()); }, {tmp.file("s1.safetensors"), "'model.x'"});
+  expect_error<FileError>([&] { Checkpoint::open(tmp.path()); }, {tmp.file("s1.safetensors"), "'model.x'"});
   write_bytes(index, R"({"metadata": {}})");
-  expect_file_error([&] { Checkpoint::open(tmp.path()); }, {index, "weight_map"});
+  expect_error<FileError>([&] { Checkpoint::open(tmp.path()); }, {index, "weight_map"});
   write_bytes(index, R"({"weight_map": )");
-  expect_file_error([&] { Checkpoint::open(tmp.path()); }, {index, "not valid JSON"});
+  expect_error<FileError>([&] { Checkpoint::open(tmp.path()); }, {index, "not valid JSON"});
 
   // The same tensor stored in two shards.
   write_safetensors(tmp.file("s2.safetensors"), {{"model.a", "", DType::kFloat32, {4}, a.data(), 16}});
   write_bytes(index, R"({"weight_map": {"model.a": "s1.safetensors", "x": "s2.safetensors"}})");
-  expect_file_error([&] { Checkpoint::open(tmp.path()); }, {tmp.file("s2.safetensors"), "'model.a'", "also in"});
+  expect_error<FileError>([&] { Checkpoint::open(tmp.path()); }, {tmp.file("s2.safetensors"), "'model.a'", "also in"});
 }
 
 TEST(CheckpointCorruption, NoCheckpointInDirectory) {
   TempDir tmp;
-  expect_file_error([&] { Checkpoint::open(tmp.path()); }, {tmp.path(), "model.safetensors"});
+  expect_error<FileError>([&] { Checkpoint::open(tmp.path()); }, {tmp.path(), "model.safetensors"});
 }
 
 }  // namespace

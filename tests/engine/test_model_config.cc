@@ -7,6 +7,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "common/expect_error.h"
 #include "fp8kv/engine/model_config.h"
 #include "fp8kv/error.h"
 
@@ -47,15 +48,7 @@ nlohmann::json llama_v4() {
   })");
 }
 
-template <typename E, typename Fn>
-void expect_error(Fn fn, const std::vector<std::string>& parts) {
-  try {
-    fn();
-    ADD_FAILURE() << "nothing thrown";
-  } catch (const E& e) {
-    for (const auto& p : parts) EXPECT_NE(std::string(e.what()).find(p), std::string::npos) << e.what() << "\n  lacks: " << p;
-  }
-}
+using testing::expect_error;
 
 TEST(ModelConfig, GoldenQwen3) {
   const ModelConfig c = load_model_config(kData + "/tiny-qwen3");

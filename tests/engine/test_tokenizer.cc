@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 #include <random>
 
+#include "common/expect_error.h"
 #include "common/test_utils.h"
 #include "engine/tokenizer_unicode.h"
 #include "fp8kv/engine/tokenizer.h"
@@ -171,15 +172,7 @@ nlohmann::json qwen_spec() {
   return nlohmann::json::parse(in);
 }
 
-template <typename E, typename Fn>
-void expect_error(Fn fn, const std::vector<std::string>& parts) {
-  try {
-    fn();
-    ADD_FAILURE() << "nothing thrown";
-  } catch (const E& e) {
-    for (const auto& p : parts) EXPECT_NE(std::string(e.what()).find(p), std::string::npos) << e.what() << "\n  lacks: " << p;
-  }
-}
+using testing::expect_error;
 
 TEST(Tokenizer, Errors) {
   expect_error<FileError>([] { Tokenizer::from_file("/nonexistent/tokenizer.json"); }, {"/nonexistent/tokenizer.json"});
