@@ -2,10 +2,10 @@
 
 #include <cstdio>
 #include <filesystem>
-#include <fstream>
 #include <string>
 
 #include "common/expect_error.h"
+#include "common/temp_dir.h"
 #include "fp8kv/error.h"
 #include "fp8kv/planner.h"
 
@@ -31,26 +31,8 @@ TEST(Planner, Presets) {
   EXPECT_THROW(model_preset("gpt-2"), InvalidArgument);
 }
 
-class TempDir {
- public:
-  TempDir() : path_(std::filesystem::temp_directory_path() / ("fp8kv_planner_" + std::to_string(::getpid()))) {
-    std::filesystem::create_directories(path_);
-  }
-  ~TempDir() { std::filesystem::remove_all(path_); }
-  std::string write(const std::string& name, const std::string& text) const {
-    const auto file = path_ / name;
-    std::filesystem::create_directories(file.parent_path());
-    std::ofstream(file) << text;
-    return file.string();
-  }
-  const std::filesystem::path& path() const { return path_; }
-
- private:
-  std::filesystem::path path_;
-};
-
 TEST(Planner, HuggingFaceConfig) {
-  TempDir dir;
+  const testing::TempDir dir("fp8kv_planner_");
   // Qwen3-8B's fields as its config.json spells them.
   const std::string qwen = dir.write("Qwen3-8B/config.json", R"({
     "architectures": ["Qwen3ForCausalLM"], "head_dim": 128, "hidden_size": 4096,
@@ -63,7 +45,7 @@ TEST(Planner, HuggingFaceConfig) {
   EXPECT_EQ(m.head_dim, 128);
   EXPECT_EQ(m.max_position, 40960);
   EXPECT_EQ(m.name, "Qwen3-8B");
-  EXPECT_EQ(resolve_model_shape((dir.path() / "Qwen3-8B").string()).num_layers, 36);
+  EXPECT_EQ(resolve_model_shape(dir.file("Qwen3-8B")).num_layers, 36);
   // Plans from the config and from the preset agree.
   const KvPlan a = plan_kv_cache(m, 1ll << 30, DType::kFp8E4M3, ScaleGranularity::kPerToken, 16);
   const KvPlan b = plan_kv_cache(model_preset("qwen3-8b"), 1ll << 30, DType::kFp8E4M3, ScaleGranularity::kPerToken, 16);
@@ -84,9 +66,9 @@ TEST(Planner, HuggingFaceConfig) {
   EXPECT_THROW(model_shape_from_config(dir.write("bad2/config.json", R"({"num_hidden_layers": 2})")), FileError);
   EXPECT_THROW(model_shape_from_config(dir.write("bad3/config.json", R"({"num_hidden_layers": 2,
       "num_attention_heads": 6, "num_key_value_heads": 4, "head_dim": 64})")), FileError);
-  EXPECT_THROW(model_shape_from_config((dir.path() / "missing.json").string()), FileError);
-  std::filesystem::create_directories(dir.path() / "empty");
-  EXPECT_THROW(resolve_model_shape((dir.path() / "empty").string()), FileError);
+  EXPECT_THROW(model_shape_from_config(dir.file("missing.json")), FileError);
+  std::filesystem::create_directories(dir.file("empty"));
+  EXPECT_THROW(resolve_model_shape(dir.file("empty")), FileError);
 }
 
 TEST(Planner, ParseMemorySize) {

@@ -2,16 +2,15 @@
 // trip, and one test per corruption class, each checking that the error names the file and, where
 // the corruption belongs to a tensor, the tensor.
 #include <gtest/gtest.h>
-#include <unistd.h>
 
 #include <cstdio>
-#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <iterator>
 #include <nlohmann/json.hpp>
 
 #include "common/expect_error.h"
+#include "common/temp_dir.h"
 #include "common/test_utils.h"
 #include "fp8kv/engine/checkpoint.h"
 #include "fp8kv/error.h"
@@ -23,20 +22,7 @@ namespace {
 
 const std::string kData = FP8KV_TEST_DATA_DIR;
 
-// A fresh directory per test, removed afterwards.
-class TempDir {
- public:
-  TempDir() {
-    char tmpl[] = "/tmp/fp8kv_ckpt_XXXXXX";
-    path_ = ::mkdtemp(tmpl);
-  }
-  ~TempDir() { std::system(("rm -rf '" + path_ + "'").c_str()); }
-  const std::string& path() const { return path_; }
-  std::string file(const std::string& name) const { return path_ + "/" + name; }
-
- private:
-  std::string path_;
-};
+using testing::TempDir;
 
 std::string read_bytes(const std::string& path) {
   std::ifstream in(path, std::ios::binary);

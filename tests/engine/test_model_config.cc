@@ -1,13 +1,11 @@
 // config.json parsing: the files transformers 5 wrote for the golden models, transformers 4
 // spellings, and errors that name the file and the field.
 #include <gtest/gtest.h>
-#include <unistd.h>
 
-#include <cstdlib>
-#include <fstream>
 #include <nlohmann/json.hpp>
 
 #include "common/expect_error.h"
+#include "common/temp_dir.h"
 #include "fp8kv/engine/model_config.h"
 #include "fp8kv/error.h"
 
@@ -16,22 +14,12 @@ namespace {
 
 const std::string kData = FP8KV_TEST_DATA_DIR;
 
-class TempModelDir {
+// A model directory of files we write.
+class TempModelDir : public testing::TempDir {
  public:
-  TempModelDir() {
-    char tmpl[] = "/tmp/fp8kv_config_XXXXXX";
-    path_ = ::mkdtemp(tmpl);
-  }
-  ~TempModelDir() { std::system(("rm -rf '" + path_ + "'").c_str()); }
-  const std::string& path() const { return path_; }
-  std::string config_path() const { return path_ + "/config.json"; }
-  void write(const std::string& name, const std::string& text) const {
-    std::ofstream(path_ + "/" + name) << text;
-  }
+  TempModelDir() : TempDir("fp8kv_config_") {}
+  std::string config_path() const { return file("config.json"); }
   void write_config(const nlohmann::json& j) const { write("config.json", j.dump(1)); }
-
- private:
-  std::string path_;
 };
 
 // A transformers 4.x Llama-3-style config.json.
