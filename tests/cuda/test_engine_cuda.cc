@@ -23,10 +23,7 @@ constexpr double kU = 1.0 / 256;
 
 TEST_P(EngineCudaTest, MatchesTransformersAndCpuBackend) {
   FP8KV_REQUIRE_GPU();
-  const std::string dir = kGoldenDataDir + "/" + GetParam();
-  const Golden golden = load_golden(dir);
-  const ModelConfig config = load_model_config(dir);
-  const Checkpoint checkpoint = Checkpoint::open(dir);
+  const auto [golden, config, checkpoint] = open_golden_checkpoint(GetParam());
   auto cuda = make_cuda_backend();
   auto cpu = make_cpu_backend();
   Model gpu_model(config, checkpoint, *cuda);
@@ -51,10 +48,7 @@ TEST_P(EngineCudaTest, MatchesTransformersAndCpuBackend) {
 
 TEST_P(EngineCudaTest, GreedyDecodingMatchesTransformers) {
   FP8KV_REQUIRE_GPU();
-  const std::string dir = kGoldenDataDir + "/" + GetParam();
-  const Golden golden = load_golden(dir);
-  const ModelConfig config = load_model_config(dir);
-  const Checkpoint checkpoint = Checkpoint::open(dir);
+  const auto [golden, config, checkpoint] = open_golden_checkpoint(GetParam());
   auto cuda = make_cuda_backend();
   Model model(config, checkpoint, *cuda);
   const std::vector<int32_t> generated = free_running_greedy(model, golden);
@@ -73,10 +67,7 @@ TEST_P(EngineCudaTest, GreedyDecodingMatchesTransformers) {
 // teacher-forced), through the decode kernel (chunk 1) and the prefill path (whole prompt).
 TEST_P(EngineCudaTest, Fp8KvAgainstBf16Kv) {
   FP8KV_REQUIRE_GPU();
-  const std::string dir = kGoldenDataDir + "/" + GetParam();
-  const Golden golden = load_golden(dir);
-  const ModelConfig config = load_model_config(dir);
-  const Checkpoint checkpoint = Checkpoint::open(dir);
+  const auto [golden, config, checkpoint] = open_golden_checkpoint(GetParam());
   auto cuda = make_cuda_backend();
   Model model(config, checkpoint, *cuda);
   const std::vector<int32_t> tokens = golden.teacher_forced_tokens();

@@ -59,6 +59,18 @@ inline Golden load_golden(const std::string& dir) {
   return g;
 }
 
+// One golden checkpoint of tests/data by name: its golden outputs, config and weights.
+struct GoldenCheckpoint {
+  Golden golden;
+  ModelConfig config;
+  Checkpoint checkpoint;
+};
+
+inline GoldenCheckpoint open_golden_checkpoint(const std::string& name) {
+  const std::string dir = kGoldenDataDir + "/" + name;
+  return GoldenCheckpoint{load_golden(dir), load_model_config(dir), Checkpoint::open(dir)};
+}
+
 // All-position logits of `tokens`, fed in `chunk`-token steps over a fresh cache of `kv_dtype`
 // with per-token scales (chunk 1 runs the decode path, a chunk of the whole sequence one prefill).
 // The output starts as NaN, so a position the model never wrote fails every bound.

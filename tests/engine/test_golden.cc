@@ -25,10 +25,7 @@ class GoldenTest : public ::testing::TestWithParam<std::string> {};
 double unit_roundoff(DType kv) { return kv == DType::kFloat16 ? std::ldexp(1.0, -11) : std::ldexp(1.0, -8); }
 
 TEST_P(GoldenTest, LogitsMatchTransformers) {
-  const std::string dir = kGoldenDataDir + "/" + GetParam();
-  const Golden golden = load_golden(dir);
-  const ModelConfig config = load_model_config(dir);
-  const Checkpoint checkpoint = Checkpoint::open(dir);
+  const auto [golden, config, checkpoint] = open_golden_checkpoint(GetParam());
   auto backend = make_cpu_backend();
   Model model(config, checkpoint, *backend);
   for (DType kv : {DType::kBFloat16, DType::kFloat16}) {
@@ -51,10 +48,7 @@ TEST_P(GoldenTest, LogitsMatchTransformers) {
 // bound may legitimately pick the other token; the check is teacher-forced for those, so one
 // near-tie cannot cascade.
 TEST_P(GoldenTest, GreedyDecodingMatchesTransformers) {
-  const std::string dir = kGoldenDataDir + "/" + GetParam();
-  const Golden golden = load_golden(dir);
-  const ModelConfig config = load_model_config(dir);
-  const Checkpoint checkpoint = Checkpoint::open(dir);
+  const auto [golden, config, checkpoint] = open_golden_checkpoint(GetParam());
   auto backend = make_cpu_backend();
   Model model(config, checkpoint, *backend);
   // The bf16 logit error bound of LogitsMatchTransformers.
