@@ -109,6 +109,9 @@ struct DecodePlan::State {
   float* partial_o = nullptr;    // [num_work, num_q_heads, head_dim]
   float* partial_lse = nullptr;  // [num_work, num_q_heads]
   int32_t* split_counters = nullptr;  // [batch, num_kv_heads * head_chunks], zero between runs
+  // The device's error word, fetched when planning: its first use allocates it, which a stream
+  // under graph capture does not allow, so run() must find it ready.
+  uint32_t* error_flags = nullptr;
 
   ~State() {
     if (device_memory != nullptr) cudaFree(device_memory);
@@ -206,6 +209,7 @@ DecodePlan::DecodePlan(const DecodeArgs& args, const std::vector<int32_t>& host_
     FP8KV_CUDA_CHECK(cudaMemset(s.split_counters, 0, counter_bytes));
   }
   FP8KV_CUDA_CHECK(cudaMemcpy(s.work, work.data(), work.size() * sizeof(int4), cudaMemcpyHostToDevice));
+  s.error_flags = cuda_detail::device_error_word();
 }
 
 DecodePlan::~DecodePlan() = default;
@@ -262,7 +266,7 @@ void DecodePlan::run(const DecodeArgs& args, void* stream) const {
   p.partial_o = s.partial_o;
   p.partial_lse = s.partial_lse;
   p.split_counters = s.split_counters;
-  p.error_flags = cuda_detail::device_error_word();
+  p.error_flags = s.error_flags;
   if (s.batch == 0) return;
 
   const auto st = static_cast<cudaStream_t>(stream);

@@ -87,7 +87,11 @@ TEST_P(EngineCudaTest, Fp8KvAgainstBf16Kv) {
                   GetParam().c_str(), kv_cache_dtype_name(kv), chunk, kl / static_cast<double>(n),
                   static_cast<long long>(n), static_cast<long long>(agree), static_cast<long long>(n));
       EXPECT_LT(kl / static_cast<double>(n), kv == DType::kFp8E4M3 ? 0.01 : 0.05);
-      EXPECT_GE(agree, n * 8 / 10);
+      // These random-weight models' top-2 logit margins are ~1e-3 (golden.json), so greedy
+      // agreement mostly measures how many margins the cache's rounding can flip: it scales with
+      // the format's unit roundoff (E4M3 2^-4, E5M2 2^-3). Measured on the H100: E4M3 48-51 of
+      // 53-54, E5M2 40-44; the floors sit below those, the KL bound above is the main check.
+      EXPECT_GE(agree, kv == DType::kFp8E4M3 ? n * 8 / 10 : n * 7 / 10);
     }
   }
 }
