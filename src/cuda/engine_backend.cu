@@ -4,10 +4,14 @@
 // Attention dispatch (one place, asked once per step):
 //   * every sequence adds one token (decode): the paged decode kernel, planned once per step on
 //     the host and reused by every layer;
-//   * prefill chunks: the decode kernel over one row per new token, row i of a sequence seeing its
-//     prefix plus i + 1 keys: the causal mask of a prefill, exactly, for every cache format. The
-//     FP8 paged-prefill kernel (cuda_prefill.h) is not used yet: wired in here, it hit an illegal
-//     memory access on the tiny golden models (head_dim 64) in the first GPU run.
+//   * prefill chunks over an FP8 E4M3 cache the paged-prefill kernel supports (cuda_prefill.h:
+//     head_dim 64 or 128, an sm_90a device): the RoPE'd bf16 Q is quantised to E4M3 with one scale
+//     per KV-head group (cuda::quantize_heads) and cuda::paged_prefill runs the chunk on the FP8
+//     tensor cores;
+//   * other prefill chunks (bf16, fp16 and E5M2 caches, which have no FP8 prefill kernel): the
+//     decode kernel over one row per new token, row i of a sequence seeing its prefix plus i + 1
+//     keys: the causal mask of a prefill, exactly.
+// The choice is made in one place, prefill_path().
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 
@@ -19,6 +23,7 @@
 #include "cuda/cuda_check.h"
 #include "cuda/engine_ops.cuh"
 #include "fp8kv/cuda.h"
+#include "fp8kv/cuda_prefill.h"
 #include "fp8kv/engine/backend.h"
 #include "fp8kv/error.h"
 
@@ -47,6 +52,11 @@ class CudaBackend final : public Backend {
     FP8KV_CUBLAS_CHECK(cublasCreate(&cublas_));
     // Tensor-core GEMMs with float32 accumulation; no TF32 shortcuts on the float32 logits path.
     FP8KV_CUBLAS_CHECK(cublasSetMathMode(cublas_, CUBLAS_DEFAULT_MATH));
+    int device = 0, major = 0, minor = 0;
+    FP8KV_CUDA_CHECK(cudaGetDevice(&device));
+    FP8KV_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
+    FP8KV_CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device));
+    sm90a_ = major == 9 && minor == 0;
   }
   ~CudaBackend() override { cublasDestroy(cublas_); }
 
@@ -145,6 +155,10 @@ class CudaBackend final : public Backend {
   void attention(const TensorRef& q, const PagedKvLayer& cache, const AttentionBatch& batch, float softmax_scale,
                  const TensorRef& out) override {
     const bool decode = batch.max_q_len == 1;
+    if (!decode && prefill_path(cache) == PrefillPath::kFp8PagedPrefill) {
+      fp8_paged_prefill(q, cache, batch, softmax_scale, out);
+      return;
+    }
     DecodeArgs args;
     args.q = q;
     args.cache = cache;
@@ -220,6 +234,48 @@ class CudaBackend final : public Backend {
   }
 
  private:
+  enum class PrefillPath { kFp8PagedPrefill, kDecodeRows };
+
+  // How a prefill chunk runs. The FP8 paged-prefill kernel reads FP8 E4M3 Q and an E4M3 cache on
+  // Hopper's FP8 tensor cores, so it serves E4M3 caches of the head dims it was built for on an
+  // sm_90a device. E5M2 and 16-bit caches have no paged-prefill kernel (it is built for E4M3
+  // only; the BF16 prefill kernel is dense-only), so their chunks, and every chunk on another GPU,
+  // run through the decode kernel one row per token: the same math, slower.
+  PrefillPath prefill_path(const PagedKvLayer& cache) const {
+    if (cache.dtype == DType::kFp8E4M3 && sm90a_ &&
+        cuda::prefill_supported(DType::kFp8E4M3, cache.layout.head_dim, /*paged=*/true)) {
+      return PrefillPath::kFp8PagedPrefill;
+    }
+    return PrefillPath::kDecodeRows;
+  }
+
+  // Q (bf16, RoPE already applied) -> E4M3 with one scale per KV-head group, the q_descale that
+  // paged_prefill folds into the softmax scale; then the chunk's attention over the FP8 pages.
+  void fp8_paged_prefill(const TensorRef& q, const PagedKvLayer& cache, const AttentionBatch& batch,
+                         float softmax_scale, const TensorRef& out) {
+    const int64_t total_q = q.size(0), heads = q.size(1), d = q.size(2);
+    const int64_t groups = cache.layout.num_kv_heads;
+    if (!q_fp8_.defined() || q_fp8_.numel() < q.numel()) {
+      q_fp8_ = DeviceTensor(Device::kCuda, DType::kFp8E4M3, {q.numel()});
+    }
+    if (!q_scale_.defined() || q_scale_.numel() < groups) {
+      q_scale_ = DeviceTensor(Device::kCuda, DType::kFloat32, {groups});
+    }
+    const TensorRef q8(q_fp8_.ref().data, DType::kFp8E4M3, {total_q, heads, d}, Device::kCuda);
+    const TensorRef scale = q_scale_.rows(groups);
+    cuda::quantize_heads(q, q8, scale, /*hadamard=*/false, 0);
+    PagedPrefillArgs args;
+    args.q = q8;
+    args.cache = cache;
+    args.block_tables = batch.block_tables;
+    args.cu_seqlens_q = batch.cu_seqlens_q;
+    args.seq_lens = batch.seq_lens;
+    args.out = out;
+    args.softmax_scale = softmax_scale;
+    args.q_descale = scale;
+    cuda::paged_prefill(args);
+  }
+
   // A plan made for lengths L serves lengths in [L, L + headroom] of the same rows, over a cache of
   // the same format.
   bool plan_covers(const std::vector<int32_t>& lens, const PagedKvLayer& cache) const {
@@ -236,6 +292,8 @@ class CudaBackend final : public Backend {
   std::unique_ptr<cuda::DecodePlan> plan_;
   std::vector<int32_t> planned_lens_;
   std::tuple<DType, ScaleGranularity, int32_t> planned_format_;
+  bool sm90a_ = false;
+  DeviceTensor q_fp8_, q_scale_;  // the quantised Q of a prefill chunk and its per-group scales
 };
 
 }  // namespace

@@ -70,13 +70,22 @@ __device__ __forceinline__ void load_bf16x4(const Bf16* src, float (&x)[4]) {
   x[3] = b.y;
 }
 
-// Loads one lane's 4 channels of a row, applies RoPE (position `pos`) and the rotation.
+// Loads one lane's 4 channels of a row, applies RoPE (position `pos`) and the rotation. A row past
+// the end of its tensor (`in_range` false: padding rows that only keep their warp's shuffles whole)
+// reads nothing and is zeros: its tensor may not exist at all (quantize_heads has no K/V, so the
+// K/V role's padding rows would otherwise read through a null pointer), and it still takes part in
+// the rotation's warp shuffles.
 template <int kHeadDim>
 __device__ __forceinline__ void load_rotated(const RopeQuantizeParams& p, const Bf16* row, int pos, bool rope,
-                                             int lane_in_row, float (&x)[4]) {
+                                             bool in_range, int lane_in_row, float (&x)[4]) {
   using M = RowMap<kHeadDim>;
-  load_bf16x4(row + lane_in_row * M::kChunk, x);
-  if (rope) rope_chunk<Bf16, M::kChunk>(x, row, lane_in_row * M::kChunk, p.cos_sin + static_cast<int64_t>(pos) * p.rotary_dim, p.rotary_dim);
+  if (in_range) {
+    load_bf16x4(row + lane_in_row * M::kChunk, x);
+    if (rope) rope_chunk<Bf16, M::kChunk>(x, row, lane_in_row * M::kChunk, p.cos_sin + static_cast<int64_t>(pos) * p.rotary_dim, p.rotary_dim);
+  } else {
+#pragma unroll
+    for (int i = 0; i < M::kChunk; ++i) x[i] = 0.0f;
+  }
   if (p.hadamard) random_hadamard<M::kChunk, M::kRowLanes>(x, lane_in_row, p.hadamard_seed);
 }
 
@@ -92,15 +101,15 @@ __global__ void __launch_bounds__(kRopeQuantizeThreads) q_amax_kernel(const Rope
   const int head = valid ? static_cast<int>(row % p.num_q_heads) : 0;
   int pos = 0;
   bool rope = p.cos_sin != nullptr;
-  if (rope) {
+  if (rope && valid) {
     pos = p.positions[token];
     if (pos < 0 || pos >= p.max_position) {
-      if (valid) atomicOr(p.error_flags, kErrorPositionOutOfRange);
+      atomicOr(p.error_flags, kErrorPositionOutOfRange);
       pos = 0;
     }
   }
   float x[4];
-  load_rotated<kHeadDim>(p, p.q + (token * p.num_q_heads + head) * kHeadDim, pos, rope, lane_in_row, x);
+  load_rotated<kHeadDim>(p, p.q + (token * p.num_q_heads + head) * kHeadDim, pos, rope, valid, lane_in_row, x);
   float amax = 0.0f;
 #pragma unroll
   for (int i = 0; i < 4; ++i) amax = fmaxf(amax, fabsf(x[i]));
@@ -134,10 +143,10 @@ __global__ void __launch_bounds__(kRopeQuantizeThreads) rope_quantize_kernel(con
     const int64_t q_row = valid ? row : 0;
     const int64_t token = q_row / p.num_q_heads;
     const int head = static_cast<int>(q_row % p.num_q_heads);
-    int pos = rope ? p.positions[token] : 0;
+    int pos = rope && valid ? p.positions[token] : 0;
     if (pos < 0 || pos >= p.max_position) pos = 0;  // reported by the amax pass
     float x[4];
-    load_rotated<kHeadDim>(p, p.q + q_row * kHeadDim, pos, rope, lane_in_row, x);
+    load_rotated<kHeadDim>(p, p.q + q_row * kHeadDim, pos, rope, valid, lane_in_row, x);
     const float scale = p.q_scale[head / (p.num_q_heads / p.q_groups)];
     const uint32_t codes = float4_to_fp8x4<Fp8E4M3>(__fdiv_rn(x[0], scale), __fdiv_rn(x[1], scale),
                                                      __fdiv_rn(x[2], scale), __fdiv_rn(x[3], scale));
@@ -166,9 +175,9 @@ __global__ void __launch_bounds__(kRopeQuantizeThreads) rope_quantize_kernel(con
   const int64_t cache_offset = p.layout.token_offset(block, head, in_block) + lane_in_row * M::kChunk;
   const int64_t scale_offset = p.layout.token_scale_offset(block, head, in_block);
   const bool per_token = p.k_token_scale != nullptr;
-  float k[4], v[4];
-  load_rotated<kHeadDim>(p, p.k + in_offset, pos, rope, lane_in_row, k);
-  load_bf16x4(p.v + in_offset + lane_in_row * M::kChunk, v);
+  float k[4], v[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+  load_rotated<kHeadDim>(p, p.k + in_offset, pos, rope, in_range, lane_in_row, k);
+  if (in_range) load_bf16x4(p.v + in_offset + lane_in_row * M::kChunk, v);
   const float k_static = (!per_token && p.k_scale != nullptr) ? p.k_scale[p.per_head ? head : 0] : 1.0f;
   const float v_static = (!per_token && p.v_scale != nullptr) ? p.v_scale[p.per_head ? head : 0] : 1.0f;
   quantize_store_chunk<Fp8E4M3, M::kChunk, M::kRowLanes>(k, p.k_cache + cache_offset, per_token, k_static,
