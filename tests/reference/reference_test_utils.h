@@ -48,6 +48,18 @@ inline std::vector<double> naive_attention(const std::vector<double>& q, const s
   return out;
 }
 
+// Absolute slack for comparing two float64 attention computations that sum in different orders.
+// An output is a convex combination of value rows, so each float64 sum (scores over head_dim,
+// weights over up to ~10^5 keys) carries rounding of order (terms * 2^-53) relative to its terms,
+// i.e. well under 2^-36 * max|value| here. That dominates an output that cancels to near zero
+// (seen: -1.18e-9 differing by 2 float ulps between the two orders), while staying far below one
+// float ulp of any output larger than 2^-12 * max|value|.
+inline double float64_order_slack(const std::vector<double>& values) {
+  double largest = 0.0;
+  for (double x : values) largest = std::max(largest, std::fabs(x));
+  return std::ldexp(largest, -36);
+}
+
 // Every element within `ulps` units in the last place of a format with `mantissa_bits` of the
 // float64 expectation (plus `abs_floor` for values near zero). NaN fails.
 template <typename Got>
