@@ -80,22 +80,6 @@ double kv_bytes(const Shape& s, int batch, int context, const Variant& v) {
 
 #if defined(FP8KV_WITH_CUDA)
 
-struct DeviceAlloc {
-  void* ptr = nullptr;
-  explicit DeviceAlloc(size_t bytes) {
-    if (bytes > 0) FP8KV_CUDA_CHECK(cudaMalloc(&ptr, bytes));
-  }
-  ~DeviceAlloc() {
-    if (ptr != nullptr) cudaFree(ptr);
-  }
-  DeviceAlloc(const DeviceAlloc&) = delete;
-  DeviceAlloc& operator=(const DeviceAlloc&) = delete;
-  template <typename T>
-  T* as() const {
-    return static_cast<T*>(ptr);
-  }
-};
-
 // Median microseconds of one decode step (plan made once, run timed, L2 flushed before each run).
 double time_fp8kv(const Shape& s, int batch, int context, int block_size, const Variant& v, int repeats) {
   const int64_t blocks_per_seq = (context + block_size - 1) / block_size;
@@ -107,15 +91,15 @@ double time_fp8kv(const Shape& s, int batch, int context, int block_size, const 
   cache.granularity = v.granularity;
   cache.device = Device::kCuda;
   const size_t pool_elems = static_cast<size_t>(num_blocks * cache.layout.block_elements());
-  DeviceAlloc k(pool_elems * dtype_size(v.storage)), vpool(pool_elems * dtype_size(v.storage));
-  cuda_bench::fill_random(k.ptr, v.storage, pool_elems, 1);
-  cuda_bench::fill_random(vpool.ptr, v.storage, pool_elems, 2);
-  cache.k = k.ptr;
-  cache.v = vpool.ptr;
+  cuda_bench::DeviceBuffer k(pool_elems * dtype_size(v.storage)), vpool(pool_elems * dtype_size(v.storage));
+  cuda_bench::fill_random(k.get(), v.storage, pool_elems, 1);
+  cuda_bench::fill_random(vpool.get(), v.storage, pool_elems, 2);
+  cache.k = k.get();
+  cache.v = vpool.get();
   const bool per_token = is_fp8(v.storage) && v.granularity == ScaleGranularity::kPerToken;
   const size_t token_scales = per_token ? static_cast<size_t>(num_blocks) * s.num_kv_heads * block_size : 0;
-  DeviceAlloc kts(token_scales * sizeof(float)), vts(token_scales * sizeof(float));
-  DeviceAlloc static_scales(2 * static_cast<size_t>(s.num_kv_heads) * sizeof(float));
+  cuda_bench::DeviceBuffer kts(token_scales * sizeof(float)), vts(token_scales * sizeof(float));
+  cuda_bench::DeviceBuffer static_scales(2 * static_cast<size_t>(s.num_kv_heads) * sizeof(float));
   if (per_token) {
     cuda_bench::fill_uniform(kts.as<float>(), token_scales, 0.002f, 0.02f, 3);
     cuda_bench::fill_uniform(vts.as<float>(), token_scales, 0.002f, 0.02f, 4);
@@ -138,19 +122,19 @@ double time_fp8kv(const Shape& s, int batch, int context, int block_size, const 
     }
   }
   const std::vector<int32_t> lens(static_cast<size_t>(batch), context);
-  DeviceAlloc d_table(table.size() * sizeof(int32_t)), d_lens(lens.size() * sizeof(int32_t));
-  FP8KV_CUDA_CHECK(cudaMemcpy(d_table.ptr, table.data(), table.size() * sizeof(int32_t), cudaMemcpyHostToDevice));
-  FP8KV_CUDA_CHECK(cudaMemcpy(d_lens.ptr, lens.data(), lens.size() * sizeof(int32_t), cudaMemcpyHostToDevice));
+  cuda_bench::DeviceBuffer d_table(table.size() * sizeof(int32_t)), d_lens(lens.size() * sizeof(int32_t));
+  FP8KV_CUDA_CHECK(cudaMemcpy(d_table.get(), table.data(), table.size() * sizeof(int32_t), cudaMemcpyHostToDevice));
+  FP8KV_CUDA_CHECK(cudaMemcpy(d_lens.get(), lens.data(), lens.size() * sizeof(int32_t), cudaMemcpyHostToDevice));
   const size_t q_elems = static_cast<size_t>(batch) * s.num_q_heads * s.head_dim;
-  DeviceAlloc q(q_elems * 2), out(q_elems * 2);
-  cuda_bench::fill_random(q.ptr, DType::kBFloat16, q_elems, 6);
+  cuda_bench::DeviceBuffer q(q_elems * 2), out(q_elems * 2);
+  cuda_bench::fill_random(q.get(), DType::kBFloat16, q_elems, 6);
 
   DecodeArgs args;
-  args.q = TensorRef(q.ptr, DType::kBFloat16, {batch, s.num_q_heads, s.head_dim}, Device::kCuda);
+  args.q = TensorRef(q.get(), DType::kBFloat16, {batch, s.num_q_heads, s.head_dim}, Device::kCuda);
   args.cache = cache;
-  args.block_tables = TensorRef(d_table.ptr, DType::kInt32, {batch, blocks_per_seq}, Device::kCuda);
-  args.seq_lens = TensorRef(d_lens.ptr, DType::kInt32, {batch}, Device::kCuda);
-  args.out = TensorRef(out.ptr, DType::kBFloat16, {batch, s.num_q_heads, s.head_dim}, Device::kCuda);
+  args.block_tables = TensorRef(d_table.get(), DType::kInt32, {batch, blocks_per_seq}, Device::kCuda);
+  args.seq_lens = TensorRef(d_lens.get(), DType::kInt32, {batch}, Device::kCuda);
+  args.out = TensorRef(out.get(), DType::kBFloat16, {batch, s.num_q_heads, s.head_dim}, Device::kCuda);
   args.softmax_scale = 1.0f / std::sqrt(static_cast<float>(s.head_dim));
   const cuda::DecodePlan plan(args, lens);
   const double us = cuda_bench::time_median_us([&] { plan.run(args); }, 3, repeats);

@@ -95,18 +95,6 @@ std::string point_key(const Point& p) {
   return s.str();
 }
 
-struct DeviceAlloc {
-  void* ptr = nullptr;
-  explicit DeviceAlloc(size_t bytes) {
-    if (bytes > 0) FP8KV_CUDA_CHECK(cudaMalloc(&ptr, bytes));
-  }
-  ~DeviceAlloc() {
-    if (ptr != nullptr) cudaFree(ptr);
-  }
-  DeviceAlloc(const DeviceAlloc&) = delete;
-  DeviceAlloc& operator=(const DeviceAlloc&) = delete;
-};
-
 struct Timings {
   double fp8_us = 0, fp8_one_level_us = 0, bf16_us = 0;
 };
@@ -117,29 +105,29 @@ Timings time_fp8kv(const Point& p, const Options& o) {
   const Shape& s = p.shape;
   const size_t q_elems = static_cast<size_t>(total) * s.num_q_heads * s.head_dim;
   const size_t kv_elems = static_cast<size_t>(total) * s.num_kv_heads * s.head_dim;
-  DeviceAlloc q(q_elems * 2), k(kv_elems * 2), v(kv_elems * 2), out(q_elems * 2);
+  cuda_bench::DeviceBuffer q(q_elems * 2), k(kv_elems * 2), v(kv_elems * 2), out(q_elems * 2);
   std::vector<int32_t> cu(static_cast<size_t>(p.batch) + 1);
   for (int b = 0; b <= p.batch; ++b) cu[static_cast<size_t>(b)] = b * p.seq;
-  DeviceAlloc d_cu(cu.size() * sizeof(int32_t)), descale(3 * sizeof(float));
-  FP8KV_CUDA_CHECK(cudaMemcpy(d_cu.ptr, cu.data(), cu.size() * sizeof(int32_t), cudaMemcpyHostToDevice));
-  cuda_bench::fill_uniform(static_cast<float*>(descale.ptr), 3, 0.01f, 0.02f, 7);
+  cuda_bench::DeviceBuffer d_cu(cu.size() * sizeof(int32_t)), descale(3 * sizeof(float));
+  FP8KV_CUDA_CHECK(cudaMemcpy(d_cu.get(), cu.data(), cu.size() * sizeof(int32_t), cudaMemcpyHostToDevice));
+  cuda_bench::fill_uniform(static_cast<float*>(descale.get()), 3, 0.01f, 0.02f, 7);
 
   PrefillArgs a;
-  a.cu_seqlens_q = TensorRef(d_cu.ptr, DType::kInt32, {p.batch + 1}, Device::kCuda);
+  a.cu_seqlens_q = TensorRef(d_cu.get(), DType::kInt32, {p.batch + 1}, Device::kCuda);
   a.cu_seqlens_k = a.cu_seqlens_q;
-  a.out = TensorRef(out.ptr, DType::kBFloat16, {total, s.num_q_heads, s.head_dim}, Device::kCuda);
+  a.out = TensorRef(out.get(), DType::kBFloat16, {total, s.num_q_heads, s.head_dim}, Device::kCuda);
   a.softmax_scale = 1.0f / std::sqrt(static_cast<float>(s.head_dim));
   a.causal = p.causal;
   Timings t;
   for (DType dtype : {DType::kFp8E4M3, DType::kBFloat16}) {
-    cuda_bench::fill_random(q.ptr, dtype, q_elems, 1);
-    cuda_bench::fill_random(k.ptr, dtype, kv_elems, 2);
-    cuda_bench::fill_random(v.ptr, dtype, kv_elems, 3);
-    a.q = TensorRef(q.ptr, dtype, {total, s.num_q_heads, s.head_dim}, Device::kCuda);
-    a.k = TensorRef(k.ptr, dtype, {total, s.num_kv_heads, s.head_dim}, Device::kCuda);
-    a.v = TensorRef(v.ptr, dtype, {total, s.num_kv_heads, s.head_dim}, Device::kCuda);
+    cuda_bench::fill_random(q.get(), dtype, q_elems, 1);
+    cuda_bench::fill_random(k.get(), dtype, kv_elems, 2);
+    cuda_bench::fill_random(v.get(), dtype, kv_elems, 3);
+    a.q = TensorRef(q.get(), dtype, {total, s.num_q_heads, s.head_dim}, Device::kCuda);
+    a.k = TensorRef(k.get(), dtype, {total, s.num_kv_heads, s.head_dim}, Device::kCuda);
+    a.v = TensorRef(v.get(), dtype, {total, s.num_kv_heads, s.head_dim}, Device::kCuda);
     if (dtype == DType::kFp8E4M3) {
-      float* ds = static_cast<float*>(descale.ptr);
+      float* ds = static_cast<float*>(descale.get());
       a.q_descale = TensorRef(ds, DType::kFloat32, {1}, Device::kCuda);
       a.k_descale = TensorRef(ds + 1, DType::kFloat32, {1}, Device::kCuda);
       a.v_descale = TensorRef(ds + 2, DType::kFloat32, {1}, Device::kCuda);

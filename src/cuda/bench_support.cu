@@ -167,4 +167,12 @@ size_t device_free_bytes() {
   return free_bytes;
 }
 
+DeviceBuffer::DeviceBuffer(size_t bytes) {
+  if (bytes > 0) FP8KV_CUDA_CHECK(cudaMalloc(&ptr_, bytes));
+}
+
+DeviceBuffer::~DeviceBuffer() {
+  if (ptr_ != nullptr) cudaFree(ptr_);
+}
+
 }  // namespace fp8kv::cuda_bench

@@ -10,6 +10,24 @@
 
 namespace fp8kv::cuda_bench {
 
+// Device memory owned for the length of one benchmark configuration (cudaMalloc / cudaFree).
+class DeviceBuffer {
+ public:
+  explicit DeviceBuffer(size_t bytes);
+  ~DeviceBuffer();
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+
+  void* get() const { return ptr_; }
+  template <typename T>
+  T* as() const {
+    return static_cast<T*>(ptr_);
+  }
+
+ private:
+  void* ptr_ = nullptr;
+};
+
 // Median GB/s (1e9 bytes/s) of a kernel that reads `bytes` of device memory once with 16-byte
 // loads and reduces them (the HBM read ceiling decode kernels are measured against).
 double measure_read_bandwidth_gbs(size_t bytes, int repeats);
