@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "cli/commands.h"
+#include "cli/subprocess.h"
 #include "fp8kv/dtype.h"
 #include "fp8kv/error.h"
 #include "fp8kv/scales.h"
@@ -160,15 +161,12 @@ std::map<std::tuple<std::string, int, int>, double> run_peers(const Options& o,
   std::ofstream(request_path) << request.dump();
   const std::string command =
       "python3 " + o.peers_script + " --request " + request_path + " --repeats " + std::to_string(o.repeats);
-  FILE* pipe = popen(command.c_str(), "r");
-  if (pipe == nullptr) {
+  std::string output;
+  const int rc = run_and_capture(command, &output);
+  if (rc == -1) {
     *status = "failed: could not start " + command;
     return result;
   }
-  std::string output;
-  char buffer[4096];
-  while (fgets(buffer, sizeof(buffer), pipe) != nullptr) output += buffer;
-  const int rc = pclose(pipe);
   if (rc != 0) {
     *status = "failed: " + command + " exited with " + std::to_string(rc);
     return result;

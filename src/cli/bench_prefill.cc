@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "cli/commands.h"
+#include "cli/subprocess.h"
 #include "fp8kv/error.h"
 
 #if defined(FP8KV_WITH_CUDA)
@@ -164,15 +165,12 @@ std::map<std::string, std::map<std::string, double>> run_peers(const Options& o,
   const std::string request_path = "/tmp/fp8kv_prefill_peers_request.json";
   std::ofstream(request_path) << request.dump();
   const std::string command = "python3 " + o.peers_script + " --request " + request_path;
-  FILE* pipe = popen(command.c_str(), "r");
-  if (pipe == nullptr) {
+  std::string output;
+  const int rc = run_and_capture(command, &output);
+  if (rc == -1) {
     *status = "failed: could not start " + command;
     return result;
   }
-  std::string output;
-  char buffer[4096];
-  while (fgets(buffer, sizeof(buffer), pipe) != nullptr) output += buffer;
-  const int rc = pclose(pipe);
   if (rc != 0 || output.find('{') == std::string::npos) {
     *status = "failed: " + command + " exited with " + std::to_string(rc);
     return result;
