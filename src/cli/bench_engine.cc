@@ -6,7 +6,11 @@
 //     1, 8 and 32. The cache is filled with random K/V for the context directly instead of running
 //     a prefill: decode cost does not depend on the values. Points whose cache does not fit in
 //     the GPU's memory are skipped and listed. Fitted ITL = a + s * context per (dtype, batch);
-//     reported: s per dtype, s_fp8 / s_bf16, and the break-even context where the lines cross.
+//     reported: s per dtype, s_fp8 / s_bf16, the context where the fitted lines cross, and the
+//     measured break-even (where the measured curves cross). The two differ because ITL is not
+//     linear in context at small batch: the attention kernels have a fixed floor of a few
+//     microseconds per layer, and FP8's share of the memory bandwidth grows faster with context
+//     than BF16's, so a line fitted up to 128k misplaces the intercepts by tens of microseconds.
 //   * Capacity: at a fixed KV budget, the largest batch of `capacity_context`-token sequences each
 //     dtype holds (the planner's count), and the decode tokens/s measured at that batch.
 #include <CLI/CLI.hpp>
@@ -29,7 +33,7 @@ namespace {
 struct Options {
   std::vector<int64_t> contexts = {1024, 2048, 4096, 8192, 16384, 32768, 65536, 131072};
   std::vector<int> batches = {1, 8, 32};
-  int warmup = 3, steps = 10;
+  int warmup = 5, steps = 30;
   double memory_fraction = 0.85;  // of the free memory after the weights, for the KV cache
   std::string capacity_budget = "40GiB";
   int64_t capacity_context = 32768;
@@ -62,6 +66,24 @@ engine::ModelConfig qwen3_8b() {
 double median(std::vector<double> v) {
   std::sort(v.begin(), v.end());
   return v[v.size() / 2];
+}
+
+// The smallest context from which FP8 is never slower than BF16 at any measured point, with linear
+// interpolation between the last measured point where FP8 is slower and the next. 0 when FP8 is
+// not slower at the smallest measured context (the crossing lies at or below it); -1 when FP8 is
+// slower at the largest.
+double measured_break_even(const std::vector<double>& x, const std::vector<double>& y_bf,
+                           const std::vector<double>& y_f8) {
+  int last_slower = -1;
+  for (size_t i = 0; i < x.size(); ++i) {
+    if (y_f8[i] > y_bf[i]) last_slower = static_cast<int>(i);
+  }
+  if (last_slower < 0) return 0.0;
+  if (last_slower + 1 == static_cast<int>(x.size())) return -1.0;
+  const size_t i = static_cast<size_t>(last_slower);
+  const double d0 = y_f8[i] - y_bf[i];          // > 0
+  const double d1 = y_f8[i + 1] - y_bf[i + 1];  // <= 0
+  return x[i] + (x[i + 1] - x[i]) * d0 / (d0 - d1);
 }
 
 // Least squares y = a + s x.
@@ -211,14 +233,20 @@ void run_bench(const Options& o) {
     const auto [a_f8, s_f8] = fit_line(x, y_f8);
     // Where a_f8 + s_f8 c = a_bf + s_bf c; FP8 is faster past it (0 when it is never slower).
     const double break_even = a_f8 <= a_bf ? 0.0 : (s_f8 < s_bf ? (a_f8 - a_bf) / (s_bf - s_f8) : -1.0);
-    std::printf("batch %2d: slope bf16 %.4g ms/1k tok, fp8 %.4g ms/1k tok, ratio %.3f, break-even %s tokens "
-                "(fit over %zu contexts %lld..%lld)\n",
-                batch, s_bf * 1e3, s_f8 * 1e3, s_f8 / s_bf,
-                break_even < 0 ? "never" : std::to_string(static_cast<long long>(break_even)).c_str(), x.size(),
-                static_cast<long long>(x.front()), static_cast<long long>(x.back()));
+    const double measured = measured_break_even(x, y_bf, y_f8);
+    const auto describe = [&](double c) {
+      if (c < 0) return std::string("never");
+      if (c == 0) return "<= " + std::to_string(static_cast<long long>(x.front()));
+      return std::to_string(static_cast<long long>(c));
+    };
+    std::printf("batch %2d: slope bf16 %.4g ms/1k tok, fp8 %.4g ms/1k tok, ratio %.3f, break-even: fitted lines %s, "
+                "measured %s tokens (fit over %zu contexts %lld..%lld)\n",
+                batch, s_bf * 1e3, s_f8 * 1e3, s_f8 / s_bf, describe(break_even).c_str(), describe(measured).c_str(),
+                x.size(), static_cast<long long>(x.front()), static_cast<long long>(x.back()));
     fits.push_back({{"batch", batch}, {"contexts", x}, {"bf16_intercept_ms", a_bf}, {"bf16_slope_ms_per_token", s_bf},
                     {"fp8_intercept_ms", a_f8}, {"fp8_slope_ms_per_token", s_f8}, {"slope_ratio", s_f8 / s_bf},
-                    {"break_even_context", break_even}});
+                    {"break_even_context", break_even}, {"measured_break_even_context", measured},
+                    {"break_even_note", "0: FP8 not slower at the smallest context measured; -1: never"}});
   }
   out["points"] = points;
   out["skipped"] = skipped;
