@@ -20,7 +20,6 @@ __device__ __forceinline__ float load_descale(const float* ptr, int stride, int 
 // Named barriers that alternate the two consumer warpgroups' GEMM issue (FA3's ping-pong): while
 // one warpgroup runs its softmax on the CUDA cores (exp2 on the MUFU units costs about as much
 // as an FP8 tile's wgmma), the other one's P.V and Q.K^T products run on the tensor cores.
-// Used where Traits::kPingPong says it pays (see traits.cuh).
 constexpr int kPingPongBarrierBase = 2;  // ids 2 and 3 (1 is the producer's)
 
 __device__ __forceinline__ void pingpong_sync(int warpgroup) {
@@ -31,8 +30,10 @@ __device__ __forceinline__ void pingpong_arrive_other(int warpgroup) {
 }
 
 // One consumer warpgroup: 64 query rows. Turn i (0..n) issues, as one ping-pong turn, P.V of
-// tile i - 1 and Q.K^T of tile i; then it folds the P.V result into O and runs the softmax of tile
-// i, which produces the P of the next turn. The first and last turns are separate instantiations
+// tile i - 1 and Q.K^T of tile i. Serial schedule (BF16): wait for both, then the softmax of tile
+// i. Overlapped schedule (FP8, Traits::kOverlap): wait for Q.K^T only and run the softmax while
+// P.V is still on the tensor cores. Either way the P.V result is then folded into O and the
+// softmax output becomes the P of the next turn. The first and last turns are separate instantiations
 // (and two-level accumulation a template parameter) so that no wgmma sits on a runtime branch:
 // ptxas serialises every wgmma of a function that has one.
 template <class Traits, bool kTwoLevel>
@@ -63,53 +64,11 @@ __device__ void consumer_loop(const PrefillParams& p, const WorkTile& t, const S
   float alpha_prev[2] = {1.0f, 1.0f};
   float tile_v_scale_prev[2] = {1.0f, 1.0f};
 
-  auto turn = [&](auto has_pv_tag, auto has_qk_tag, int iter) {
-    constexpr bool kHasPV = decltype(has_pv_tag)::value;
-    constexpr bool kHasQK = decltype(has_qk_tag)::value;
-    const Stage st = stage_of<Traits>(iter);
-    const Stage prev = stage_of<Traits>(iter > 0 ? iter - 1 : 0);
-    uint64_t* v_full = Traits::kFp8 ? sm.vt_full(prev.index) : sm.v_full(prev.index);
-    uint64_t* v_empty = Traits::kFp8 ? sm.vt_empty(prev.index) : sm.v_empty(prev.index);
-    const uint8_t* v_operand = Traits::kFp8 ? sm.vt(prev.index) : sm.v(prev.index);
-    if constexpr (kHasQK) Barrier::wait(sm.k_full(st.index), st.phase);
-    if constexpr (kHasPV) Barrier::wait(v_full, prev.phase);
-
-    float s[G::kSRegs];
-    if constexpr (Traits::kPingPong) pingpong_sync(warpgroup);
-    if constexpr (kHasPV) {
-      if constexpr (kTwoLevel) {
-        // The tile's product is folded into O before Q.K^T is issued, so that S and the per-tile
-        // O are never live at once (both would not fit the consumer register budget).
-        float o_tile[G::kORegs];
-        fence_registers(pa);
-        cute::warpgroup_arrive();
-        G::issue_pv(o_tile, pa, v_operand, false);
-        cute::warpgroup_commit_batch();
-        cute::warpgroup_wait<0>();
-        fence_registers(o_tile);
-        Barrier::arrive(v_empty);
-#pragma unroll
-        for (int j = 0; j < G::kORegs / 4; ++j) {
-#pragma unroll
-          for (int e = 0; e < 4; ++e) {
-            o[4 * j + e] = fmaf(o[4 * j + e], alpha_prev[e >> 1], o_tile[4 * j + e] * tile_v_scale_prev[e >> 1]);
-          }
-        }
-      }
-    }
-    fence_registers(o);
-    fence_registers(pa);
-    cute::warpgroup_arrive();
-    if constexpr (kHasPV && !kTwoLevel) G::issue_pv(o, pa, v_operand, true);
-    if constexpr (kHasQK) G::issue_qk(s, sm.q(), sm.k(st.index), warpgroup);
-    cute::warpgroup_commit_batch();
-    if (Traits::kPingPong && !(warpgroup == 1 && !kHasQK)) pingpong_arrive_other(warpgroup);
-    cute::warpgroup_wait<0>();
-    fence_registers(o);
-    if constexpr (kHasPV && !kTwoLevel) Barrier::arrive(v_empty);
-    if constexpr (!kHasQK) return;
-
-    fence_registers(s);
+  // S of tile `iter` (in registers, stage `st` of K) -> unnormalised probabilities: per-token K
+  // scales, the mask, the online softmax, per-token V scales. Returns O's rescale factor and, with
+  // per-token V scales, the factor the tile's P.V product must be scaled back by.
+  auto scores_to_p = [&](float (&s)[G::kSRegs], int iter, const Stage& st, float (&alpha)[2],
+                         float (&tile_v_scale)[2]) {
     const int n0 = iter * Traits::kBlockN;
     if (token_scales) {
       const float* ks = sm.k_scale(st.index);
@@ -138,14 +97,8 @@ __device__ void consumer_loop(const PrefillParams& p, const WorkTile& t, const S
         }
       }
     }
-    float alpha[2];
     softmax.step(s, scale_log2, alpha);
-    if constexpr (kTwoLevel) {
-      alpha_prev[0] = alpha[0];
-      alpha_prev[1] = alpha[1];
-    } else {
-      scale_rows(o, alpha);
-    }
+    tile_v_scale[0] = tile_v_scale[1] = 1.0f;
     if (token_scales) {
       // P[i, j] * v_scale[j] / max over the row's visible keys of v_scale: in [0, 1] again, so E4M3
       // keeps its relative precision. Masked keys (P = 0) are left out of the max: the scale of an
@@ -165,8 +118,8 @@ __device__ void consumer_loop(const PrefillParams& p, const WorkTile& t, const S
 #pragma unroll
       for (int r = 0; r < 2; ++r) {
         const float m = OnlineSoftmax<G::kSRegs>::quad_max(vmax[r]);
-        tile_v_scale_prev[r] = m > 0.0f ? m : 1.0f;  // a row with no visible key here adds nothing
-        inv[r] = 1.0f / tile_v_scale_prev[r];
+        tile_v_scale[r] = m > 0.0f ? m : 1.0f;  // a row with no visible key here adds nothing
+        inv[r] = 1.0f / tile_v_scale[r];
       }
 #pragma unroll
       for (int j = 0; j < G::kSRegs / 4; ++j) {
@@ -177,6 +130,121 @@ __device__ void consumer_loop(const PrefillParams& p, const WorkTile& t, const S
         s[4 * j + 3] *= v2.y * inv[1];
       }
       Barrier::arrive(sm.k_empty(st.index));  // the scales of this stage are no longer needed
+    }
+  };
+  // Two-level accumulation: O (at the running max of two tiles ago) moves to the previous tile's
+  // max and takes that tile's product, computed from zero by the tensor cores, in FP32.
+  // Without per-token V scales the tile's factor is 1: one FFMA per element instead of two
+  // instructions (the consumers are close to issue-bound, so this shows in the timings).
+  auto fold_tile = [&](const float (&o_tile)[G::kORegs]) {
+    if (token_scales) {
+#pragma unroll
+      for (int j = 0; j < G::kORegs / 4; ++j) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          o[4 * j + e] = fmaf(o[4 * j + e], alpha_prev[e >> 1], o_tile[4 * j + e] * tile_v_scale_prev[e >> 1]);
+        }
+      }
+    } else {
+#pragma unroll
+      for (int j = 0; j < G::kORegs / 4; ++j) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) o[4 * j + e] = fmaf(o[4 * j + e], alpha_prev[e >> 1], o_tile[4 * j + e]);
+      }
+    }
+  };
+  // After the softmax of a tile: one-level rescales O now (its P.V product has landed); two-level
+  // keeps the factors for the fold of the next turn.
+  auto after_softmax = [&](const float (&alpha)[2], const float (&tile_v_scale)[2]) {
+    if constexpr (kTwoLevel) {
+      alpha_prev[0] = alpha[0];
+      alpha_prev[1] = alpha[1];
+      tile_v_scale_prev[0] = tile_v_scale[0];
+      tile_v_scale_prev[1] = tile_v_scale[1];
+    } else {
+      scale_rows(o, alpha);
+    }
+  };
+
+  auto turn = [&](auto has_pv_tag, auto has_qk_tag, int iter) {
+    constexpr bool kHasPV = decltype(has_pv_tag)::value;
+    constexpr bool kHasQK = decltype(has_qk_tag)::value;
+    const Stage st = stage_of<Traits>(iter);
+    const Stage prev = stage_of<Traits>(iter > 0 ? iter - 1 : 0);
+    uint64_t* v_full = Traits::kFp8 ? sm.vt_full(prev.index) : sm.v_full(prev.index);
+    uint64_t* v_empty = Traits::kFp8 ? sm.vt_empty(prev.index) : sm.v_empty(prev.index);
+    const uint8_t* v_operand = Traits::kFp8 ? sm.vt(prev.index) : sm.v(prev.index);
+    if constexpr (kHasQK) Barrier::wait(sm.k_full(st.index), st.phase);
+    if constexpr (kHasPV) Barrier::wait(v_full, prev.phase);
+
+    float s[G::kSRegs];
+    float alpha[2], tile_v_scale[2];
+    if constexpr (Traits::kPingPong) pingpong_sync(warpgroup);
+    if constexpr (Traits::kOverlap) {
+      // Q.K^T of this tile and P.V of the previous one are issued together; the softmax of this
+      // tile runs on the CUDA cores while P.V is still on the tensor cores. P stays in S's fp32
+      // registers until P.V has read the previous P fragments.
+      [[maybe_unused]] float o_tile[kTwoLevel ? G::kORegs : 1];
+      fence_registers(o);
+      fence_registers(pa);
+      cute::warpgroup_arrive();
+      if constexpr (kHasQK) {
+        G::issue_qk(s, sm.q(), sm.k(st.index), warpgroup);
+        cute::warpgroup_commit_batch();
+      }
+      if constexpr (kHasPV) {
+        if constexpr (kTwoLevel) {
+          G::issue_pv(o_tile, pa, v_operand, false);
+        } else {
+          G::issue_pv(o, pa, v_operand, true);
+        }
+        cute::warpgroup_commit_batch();
+      }
+      if (Traits::kPingPong && !(warpgroup == 1 && !kHasQK)) pingpong_arrive_other(warpgroup);
+      if constexpr (kHasQK) {
+        cute::warpgroup_wait<kHasPV ? 1 : 0>();
+        fence_registers(s);
+        scores_to_p(s, iter, st, alpha, tile_v_scale);
+      }
+      if constexpr (kHasPV) {
+        cute::warpgroup_wait<0>();
+        fence_registers(o);
+        if constexpr (kTwoLevel) {
+          fence_registers(o_tile);
+          fold_tile(o_tile);
+        }
+        Barrier::arrive(v_empty);
+      }
+      if constexpr (!kHasQK) return;
+      after_softmax(alpha, tile_v_scale);
+    } else {
+      if constexpr (kHasPV && kTwoLevel) {
+        // The tile's product is folded into O before Q.K^T is issued, so that S and the per-tile
+        // O are never live at once.
+        float o_tile[G::kORegs];
+        fence_registers(pa);
+        cute::warpgroup_arrive();
+        G::issue_pv(o_tile, pa, v_operand, false);
+        cute::warpgroup_commit_batch();
+        cute::warpgroup_wait<0>();
+        fence_registers(o_tile);
+        Barrier::arrive(v_empty);
+        fold_tile(o_tile);
+      }
+      fence_registers(o);
+      fence_registers(pa);
+      cute::warpgroup_arrive();
+      if constexpr (kHasPV && !kTwoLevel) G::issue_pv(o, pa, v_operand, true);
+      if constexpr (kHasQK) G::issue_qk(s, sm.q(), sm.k(st.index), warpgroup);
+      cute::warpgroup_commit_batch();
+      if (Traits::kPingPong && !(warpgroup == 1 && !kHasQK)) pingpong_arrive_other(warpgroup);
+      cute::warpgroup_wait<0>();
+      fence_registers(o);
+      if constexpr (kHasPV && !kTwoLevel) Barrier::arrive(v_empty);
+      if constexpr (!kHasQK) return;
+      fence_registers(s);
+      scores_to_p(s, iter, st, alpha, tile_v_scale);
+      after_softmax(alpha, tile_v_scale);
     }
     G::make_p_fragments(s, pa);
   };

@@ -127,36 +127,55 @@ __device__ void load_kv_tile(const PrefillParams& p, const WorkTile& t, const CU
 }
 
 // V [kBlockN keys][kHeadDim] (row-swizzled like K) -> V^T [kHeadDim][kBlockN] (128B swizzle).
-// The key order inside every 32-key chunk is permuted so that the P registers of the S
+// The key order inside every 16-key group is permuted so that the P registers of the S
 // accumulator can be fed to the P.V wgmma without shuffles: the FP8 A fragment holds logical keys
-// 4q..4q+3 and 16+4q..16+4q+3 of a chunk in thread q of a quad, while the accumulator holds
-// physical columns 2q, 2q+1, 2q+8, 2q+9 (and +16). Logical key 16h + 4q + i therefore lives at
-// physical key 16h + 2q + 8(i/2) + i%2. Each thread moves 4 keys x 4 channels with byte permutes.
-// Lane layout (8 key quads x 4 channel words per warp) keeps reads and writes to 2-way bank conflicts.
+// 4q..4q+3 of a 16-key group in thread q of a quad, while the accumulator holds physical columns
+// 2q, 2q+1, 2q+8, 2q+9. Logical key 16h + 4q + i therefore lives at physical key
+// 16h + 2q + 8(i/2) + i%2.
+// That is exactly the order a 16-bit transposing ldmatrix produces: for an 8-key x 16-byte
+// matrix, ldmatrix.trans gives thread 4c + q the bytes (key 2q, channels 2c, 2c+1) and (key
+// 2q+1, same channels); with the matrix of keys +8 beside it, one byte permute yields channel 2c
+// at keys 2q, 2q+1, 2q+8, 2q+9 and another channel 2c+1: four V^T bytes in logical order, which
+// stmatrix writes as row c of an 8 x 16-byte matrix whose eight row addresses are free. So one
+// warp moves 16 keys x 32 channels with one ldmatrix.x4, four byte permutes and one stmatrix.x4:
+// 16-byte rows, 8 shared-memory wavefronts per 512 bytes. Bank conflicts: the 8 rows of a loaded
+// matrix are 8 consecutive keys (distinct 16-byte chunks under either row swizzle); for a stored
+// matrix, rows 0-3 of the quad take the even channel and rows 4-7 the odd one (channels 0, 2, 4,
+// 6, 9, 11, 13, 15 and the complement), so the 8 V^T rows cover all residues mod 8, i.e. all 8
+// chunks of the 128B swizzle.
 template <class Traits>
 __device__ void transpose_v(const uint8_t* v, uint8_t* vt, int thread) {
+  constexpr int kKeyGroups = Traits::kBlockN / 16;
+  constexpr int kChannelGroups = Traits::kHeadDim / 32;
+  constexpr int kUnitsPerWarp = kKeyGroups * kChannelGroups / 4;
   const int warp = thread / 32, lane = thread % 32;
-  const int a = warp * 8 + lane % 8;  // logical key quad: keys 4a..4a+3
-  const int chunk = a / 8, h = (a % 8) / 4, q = a % 4;
-  const int phys = 32 * chunk + 16 * h + 2 * q;
-  const int rows[4] = {phys, phys + 1, phys + 8, phys + 9};
-  // Not unrolled: the producer runs on 32 registers, and unrolled address arithmetic spills.
-#pragma unroll 1
-  for (int it = 0; it < Traits::kHeadDim / 16; ++it) {
-    const int n4 = it * 4 + lane / 8;  // channel quad: channels 4*n4..4*n4+3
-    uint32_t r[4];
+  const int mat = lane / 8, j = lane % 8;  // the matrix and row whose address this lane supplies
+  const bool high_row = j >= 4;
+  // ldmatrix: matrix `mat` = keys 8 (mat & 1).., channel bytes 16 (mat >> 1)..
+  const uint32_t ld_key = 8 * (mat & 1) + j, ld_byte = 16 * (mat >> 1);
+  // stmatrix: matrix `mat` = V^T rows 16 (mat >> 1) + 2j + ((mat & 1) ^ high_row).
+  const uint32_t st_channel = 16 * (mat >> 1) + 2 * j + ((mat & 1) ^ (high_row ? 1 : 0));
+  // The data thread 4c + q holds: its first permute gives channel 2c, its second 2c + 1; matrix 0
+  // (even `mat`) wants the even channel in rows c < 4 and the odd one in rows c >= 4.
+  const bool swap = lane / 4 >= 4;
+  const uint32_t sel_first = swap ? 0x7531u : 0x6420u, sel_second = swap ? 0x6420u : 0x7531u;
+  const uint32_t v_base = static_cast<uint32_t>(__cvta_generic_to_shared(v));
+  const uint32_t vt_base = static_cast<uint32_t>(__cvta_generic_to_shared(vt));
 #pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      r[i] = *reinterpret_cast<const uint32_t*>(v + swizzled_offset<Traits::kRowSwizzle>(rows[i], 4 * n4));
-    }
-    const uint32_t lo01 = __byte_perm(r[0], r[1], 0x5140), hi01 = __byte_perm(r[0], r[1], 0x7362);
-    const uint32_t lo23 = __byte_perm(r[2], r[3], 0x5140), hi23 = __byte_perm(r[2], r[3], 0x7362);
-    const uint32_t out[4] = {__byte_perm(lo01, lo23, 0x5410), __byte_perm(lo01, lo23, 0x7632),
-                             __byte_perm(hi01, hi23, 0x5410), __byte_perm(hi01, hi23, 0x7632)};
-#pragma unroll
-    for (int dk = 0; dk < 4; ++dk) {
-      *reinterpret_cast<uint32_t*>(vt + swizzled_offset<Swizzle::k128B>(4 * n4 + dk, 4 * a)) = out[dk];
-    }
+  for (int u = 0; u < kUnitsPerWarp; ++u) {
+    const int unit = u * 4 + warp;
+    const int kg = unit % kKeyGroups, cg = unit / kKeyGroups;
+    const uint32_t src = v_base + swizzled_offset<Traits::kRowSwizzle>(16 * kg + ld_key, 32 * cg + ld_byte);
+    const uint32_t dst = vt_base + swizzled_offset<Swizzle::k128B>(32 * cg + st_channel, 16 * kg);
+    uint32_t r0, r1, r2, r3;
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
+                 : "r"(src));
+    const uint32_t w0 = __byte_perm(r0, r1, sel_first), w1 = __byte_perm(r0, r1, sel_second);
+    const uint32_t w2 = __byte_perm(r2, r3, sel_first), w3 = __byte_perm(r2, r3, sel_second);
+    asm volatile("stmatrix.sync.aligned.m8n8.x4.shared.b16 [%0], {%1, %2, %3, %4};\n" ::"r"(dst), "r"(w0), "r"(w1),
+                 "r"(w2), "r"(w3)
+                 : "memory");
   }
 }
 

@@ -36,19 +36,24 @@ struct PrefillTraits {
   static constexpr int kHeadDim = kHeadDim_;
   static constexpr int kBlockM = 128;
   static constexpr int kBlockN = 128;
-  // Pipeline depth and ping-pong, from bench prefill on the H100 (seq 4096-16384): a third
-  // K/V/V^T stage saves FP8 2-15%, ping-pong changes FP8 by less than the run-to-run noise (its
-  // limit is shared-memory traffic, the V transpose included, not the softmax's exp2), while BF16
-  // ran 450-600 TFLOP/s with ping-pong against 410-540 with a plain serial loop; BF16 has no room
-  // for a third stage (160 KiB with two).
+  // Pipeline depth and schedule, from bench prefill on the H100 (seq 4096-16384). A third
+  // K/V/V^T stage saves FP8 2-15%; BF16 has no room for it (160 KiB with two). Ping-pong (the two
+  // consumer warpgroups take turns on the tensor cores, see kernel.cuh): BF16 450-600 TFLOP/s
+  // against 410-540 serial. FP8 (2026-11-24, second session, one-run medians, +-5% run to run):
+  // with the ldmatrix/stmatrix V transpose the old 4-byte one was 10-15% slower; ping-pong alone
+  // changed FP8 by less than the noise, ping-pong plus the intra-warpgroup overlap (Q.K^T of a
+  // tile and P.V of the previous one in flight while the softmax runs) gained 5-10% with
+  // two-level accumulation (16k: 610-655 against 575-620 TFLOP/s). The paged kernel keeps the
+  // serial schedule: with per-token scales its overlapped loop spills 92 bytes.
   static constexpr int kStages = kFp8 ? 3 : 2;
-  static constexpr bool kPingPong = !kFp8;
+  static constexpr bool kPingPong = true;
+  static constexpr bool kOverlap = kFp8 && !kPaged;
   static constexpr int kConsumerWarpgroups = 2;
   static constexpr int kThreads = 128 * (1 + kConsumerWarpgroups);
   // setmaxnreg budgets. The CTA owns what it was launched with, 384 x 168 = 64512 registers
   // (__launch_bounds__(384, 1)), and an increase blocks until the pool has the registers, so the
   // budgets must sum to at most that: BF16 128 x 24 + 256 x 240; FP8 gives the producer 40 for the
-  // V transpose: 128 x 40 + 256 x 232 = 64512.
+  // V transpose (at 24 ptxas spills 60 bytes): 128 x 40 + 256 x 232 = 64512.
   static constexpr int kProducerRegisters = kFp8 ? 40 : 24;
   static constexpr int kConsumerRegisters = kFp8 ? 232 : 240;
   static_assert(128 * kProducerRegisters + 128 * kConsumerWarpgroups * kConsumerRegisters <= 384 * 168,
