@@ -40,10 +40,10 @@ struct PrefillTraits {
   // K/V/V^T stage saves FP8 2-15%; BF16 has no room for it (160 KiB with two). Ping-pong (the two
   // consumer warpgroups take turns on the tensor cores, see kernel.cuh): BF16 450-600 TFLOP/s
   // against 410-540 serial. FP8 (2026-11-24, second session, one-run medians, +-5% run to run):
-  // with the ldmatrix/stmatrix V transpose the old 4-byte one was 10-15% slower; ping-pong alone
-  // changed FP8 by less than the noise, ping-pong plus the intra-warpgroup overlap (Q.K^T of a
-  // tile and P.V of the previous one in flight while the softmax runs) gained 5-10% with
-  // two-level accumulation (16k: 610-655 against 575-620 TFLOP/s). The paged kernel keeps the
+  // the ldmatrix/stmatrix V transpose is 9-14% faster than the old 4-byte one at d128; ping-pong
+  // alone changed FP8 by less than the noise, ping-pong plus the intra-warpgroup overlap (Q.K^T of
+  // a tile and P.V of the previous one in flight while the softmax runs) gained 3-12% with
+  // two-level accumulation (16k: 608-655 against 575-619 TFLOP/s). The paged kernel keeps the
   // serial schedule: with per-token scales its overlapped loop spills 92 bytes.
   static constexpr int kStages = kFp8 ? 3 : 2;
   static constexpr bool kPingPong = true;
