@@ -234,14 +234,15 @@ void run_bench(const Options& o) {
     // Where a_f8 + s_f8 c = a_bf + s_bf c; FP8 is faster past it (0 when it is never slower).
     const double break_even = a_f8 <= a_bf ? 0.0 : (s_f8 < s_bf ? (a_f8 - a_bf) / (s_bf - s_f8) : -1.0);
     const double measured = measured_break_even(x, y_bf, y_f8);
-    const auto describe = [&](double c) {
+    const auto describe = [](double c, const std::string& at_zero) {
       if (c < 0) return std::string("never");
-      if (c == 0) return "<= " + std::to_string(static_cast<long long>(x.front()));
-      return std::to_string(static_cast<long long>(c));
+      if (c == 0) return at_zero;
+      return std::to_string(static_cast<long long>(c)) + " tokens";
     };
     std::printf("batch %2d: slope bf16 %.4g ms/1k tok, fp8 %.4g ms/1k tok, ratio %.3f, break-even: fitted lines %s, "
-                "measured %s tokens (fit over %zu contexts %lld..%lld)\n",
-                batch, s_bf * 1e3, s_f8 * 1e3, s_f8 / s_bf, describe(break_even).c_str(), describe(measured).c_str(),
+                "measured %s (fit over %zu contexts %lld..%lld)\n",
+                batch, s_bf * 1e3, s_f8 * 1e3, s_f8 / s_bf, describe(break_even, "FP8 never slower").c_str(),
+                describe(measured, "<= " + std::to_string(static_cast<long long>(x.front())) + " tokens").c_str(),
                 x.size(), static_cast<long long>(x.front()), static_cast<long long>(x.back()));
     fits.push_back({{"batch", batch}, {"contexts", x}, {"bf16_intercept_ms", a_bf}, {"bf16_slope_ms_per_token", s_bf},
                     {"fp8_intercept_ms", a_f8}, {"fp8_slope_ms_per_token", s_f8}, {"slope_ratio", s_f8 / s_bf},
