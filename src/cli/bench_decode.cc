@@ -297,10 +297,10 @@ void register_bench_decode(CLI::App& bench) {
   auto options = std::make_shared<Options>();
   CLI::App* cmd = bench.add_subcommand("decode", "Paged decode attention: BF16 vs FP8 storage vs read bandwidth and SDPA");
   cmd->add_option("--json", options->json_path, "Write all results as JSON to this file");
-  cmd->add_option("--batches", options->batches, "Batch sizes")->capture_default_str();
-  cmd->add_option("--contexts", options->contexts, "Context lengths (keys per sequence)")->capture_default_str();
-  cmd->add_option("--block-sizes", options->block_sizes, "Paged-cache block sizes")->capture_default_str();
-  cmd->add_option("--shapes", options->shapes, "Model shapes: llama-3.1-8b, qwen3-0.6b")->capture_default_str();
+  cmd->add_option("--batches", options->batches, "Batch sizes")->delimiter(',')->capture_default_str();
+  cmd->add_option("--contexts", options->contexts, "Context lengths (keys per sequence)")->delimiter(',')->capture_default_str();
+  cmd->add_option("--block-sizes", options->block_sizes, "Paged-cache block sizes")->delimiter(',')->capture_default_str();
+  cmd->add_option("--shapes", options->shapes, "Model shapes: llama-3.1-8b, qwen3-0.6b")->delimiter(',')->capture_default_str();
   cmd->add_option("--repeats", options->repeats, "Timed runs per measurement (median reported)")->capture_default_str();
   cmd->add_option("--peers-script", options->peers_script, "PyTorch SDPA peer script")->capture_default_str();
   cmd->add_flag("!--no-peers", options->peers, "Skip the PyTorch SDPA peer");
