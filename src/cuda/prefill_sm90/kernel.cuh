@@ -87,13 +87,20 @@ __device__ void consumer_loop(const PrefillParams& p, const WorkTile& t, const S
     const bool need_mask =
         n0 + Traits::kBlockN > t.len_k || (p.causal && n0 + Traits::kBlockN - 1 > wg_row0 + causal_offset);
     if (need_mask) {
+      // Both rules bound a row's visible keys from above: key < min(len_k, row + causal_offset + 1).
+      // One limit per row, relative to this thread's first column, leaves a compare and a select
+      // per element.
+      int limit[2];
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        const int end = p.causal ? min(t.len_k, row0 + 8 * r + causal_offset + 1) : t.len_k;
+        limit[r] = end - n0 - col_in_group;
+      }
 #pragma unroll
       for (int j = 0; j < G::kSRegs / 4; ++j) {
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
-          const int col = n0 + 8 * j + col_in_group + (e & 1);
-          const int row = row0 + 8 * (e >> 1);
-          if (col >= t.len_k || (p.causal && col > row + causal_offset)) s[4 * j + e] = -INFINITY;
+          if (8 * j + (e & 1) >= limit[e >> 1]) s[4 * j + e] = -INFINITY;
         }
       }
     }

@@ -14,8 +14,6 @@
 #include <cutlass/arch/barrier.h>
 #include <cutlass/arch/reg_reconfig.h>
 
-#include "cuda/fp8_convert.cuh"
-
 namespace fp8kv::cuda::sm90 {
 
 using Barrier = cutlass::arch::ClusterTransactionBarrier;
@@ -72,9 +70,24 @@ __device__ __forceinline__ void fence_registers(uint32_t (&d)[N]) {
   for (int i = 0; i < N; ++i) cute::warpgroup_fence_operand(d[i]);
 }
 
-// Four floats to four E4M3 codes (a in the low byte), through the one FP8 conversion header.
+// Four probabilities to four E4M3 codes (a in the low byte) for the P.V product: two
+// `cvt.rn.satfinite.e4m3x2.f32` merged into one register, the rounding of fp8_convert.cuh without
+// its NaN-sign fix-up. That fix-up (a compare, shift, or and select per element, so that a stored
+// -NaN keeps its sign bit) matters for cache contents compared bit for bit, not for P: a NaN is
+// still a NaN in the product. It was 290 of the 817 instructions of a consumer warp's
+// unmasked two-level loop turn (cuobjdump --dump-sass, d128).
 __device__ __forceinline__ uint32_t pack_e4m3x4(float a, float b, float c, float d) {
-  return cuda_detail::float4_to_fp8x4<Fp8E4M3>(a, b, c, d);
+  uint32_t packed;
+  // PTX puts the first source operand in the upper byte of each pair.
+  asm("{\n"
+      ".reg .b16 lo, hi;\n"
+      "cvt.rn.satfinite.e4m3x2.f32 lo, %2, %1;\n"
+      "cvt.rn.satfinite.e4m3x2.f32 hi, %4, %3;\n"
+      "mov.b32 %0, {lo, hi};\n"
+      "}\n"
+      : "=r"(packed)
+      : "f"(a), "f"(b), "f"(c), "f"(d));
+  return packed;
 }
 __device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
   const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
