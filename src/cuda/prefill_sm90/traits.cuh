@@ -42,7 +42,7 @@ struct PrefillTraits {
   // against 410-540 serial. FP8 (2026-11-24, second session, one-run medians, +-5% run to run):
   // the ldmatrix/stmatrix V transpose is 9-14% faster than the old 4-byte one at d128; ping-pong
   // alone changed FP8 by less than the noise, ping-pong plus the intra-warpgroup overlap (Q.K^T of
-  // a tile and P.V of the previous one in flight while the softmax runs) gained 3-12% with
+  // a tile and P.V of the previous one issued together, see kernel.cuh) gained 3-12% with
   // two-level accumulation (16k: 608-655 against 575-619 TFLOP/s). The paged kernel keeps the
   // serial schedule: with per-token scales its overlapped loop spills 92 bytes.
   static constexpr int kStages = kFp8 ? 3 : 2;
