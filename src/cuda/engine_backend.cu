@@ -264,14 +264,7 @@ class CudaBackend final : public Backend {
     const TensorRef q8(q_fp8_.ref().data, DType::kFp8E4M3, {total_q, heads, d}, Device::kCuda);
     const TensorRef scale = q_scale_.rows(groups);
     cuda::quantize_heads(q, q8, scale, /*hadamard=*/false, 0);
-    PagedPrefillArgs args;
-    args.q = q8;
-    args.cache = cache;
-    args.block_tables = batch.block_tables;
-    args.cu_seqlens_q = batch.cu_seqlens_q;
-    args.seq_lens = batch.seq_lens;
-    args.out = out;
-    args.softmax_scale = softmax_scale;
+    PagedPrefillArgs args = batch.prefill_args(q8, cache, softmax_scale, out);
     args.q_descale = scale;
     cuda::paged_prefill(args);
   }

@@ -116,15 +116,7 @@ class CpuBackend final : public Backend {
 
   void attention(const TensorRef& q, const PagedKvLayer& cache, const AttentionBatch& batch, float softmax_scale,
                  const TensorRef& out) override {
-    PagedPrefillArgs args;
-    args.q = q;
-    args.cache = cache;
-    args.block_tables = batch.block_tables;
-    args.cu_seqlens_q = batch.cu_seqlens_q;
-    args.seq_lens = batch.seq_lens;
-    args.out = out;
-    args.softmax_scale = softmax_scale;
-    reference::paged_prefill(args);
+    reference::paged_prefill(batch.prefill_args(q, cache, softmax_scale, out));
   }
 
   void argmax(const TensorRef& logits, const TensorRef& out) override {

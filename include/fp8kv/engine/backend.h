@@ -55,6 +55,21 @@ struct AttentionBatch {
   std::vector<int32_t> host_seq_lens, host_row_seq_lens;
   // Changes with every forward call: a backend may plan once per step and reuse it for all layers.
   int64_t step = 0;
+
+  // The batch as a paged-prefill call: queries `q` over `cache`, written to `out`. Descales stay
+  // unset (1.0); a backend that quantises q sets q_descale itself.
+  PagedPrefillArgs prefill_args(const TensorRef& q, const PagedKvLayer& cache, float softmax_scale,
+                                const TensorRef& out) const {
+    PagedPrefillArgs args;
+    args.q = q;
+    args.cache = cache;
+    args.block_tables = block_tables;
+    args.cu_seqlens_q = cu_seqlens_q;
+    args.seq_lens = seq_lens;
+    args.out = out;
+    args.softmax_scale = softmax_scale;
+    return args;
+  }
 };
 
 class Backend {
