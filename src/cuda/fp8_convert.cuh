@@ -124,37 +124,27 @@ __device__ __forceinline__ uint32_t float2_to_half2(float lo, float hi) {
 template <typename T>
 struct StorageTraits;
 
-template <>
-struct StorageTraits<Bf16> {
+// bf16 and fp16 differ only in their two conversions.
+template <float2 (*kToFloat2)(uint32_t), uint32_t (*kFromFloat2)(float, float)>
+struct SixteenBitStorageTraits {
   static constexpr bool kIsFp8 = false;
   static constexpr int kPerVector = 8;
   __device__ __forceinline__ static void unpack(const uint4& v, float (&out)[kPerVector]) {
     const uint32_t w[4] = {v.x, v.y, v.z, v.w};
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
-      const float2 f = bf16x2_to_float2(w[i]);
+      const float2 f = kToFloat2(w[i]);
       out[2 * i] = f.x;
       out[2 * i + 1] = f.y;
     }
   }
-  __device__ __forceinline__ static uint32_t pack2(float lo, float hi) { return float2_to_bf16x2(lo, hi); }
+  __device__ __forceinline__ static uint32_t pack2(float lo, float hi) { return kFromFloat2(lo, hi); }
 };
 
 template <>
-struct StorageTraits<Fp16> {
-  static constexpr bool kIsFp8 = false;
-  static constexpr int kPerVector = 8;
-  __device__ __forceinline__ static void unpack(const uint4& v, float (&out)[kPerVector]) {
-    const uint32_t w[4] = {v.x, v.y, v.z, v.w};
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      const float2 f = half2_to_float2(w[i]);
-      out[2 * i] = f.x;
-      out[2 * i + 1] = f.y;
-    }
-  }
-  __device__ __forceinline__ static uint32_t pack2(float lo, float hi) { return float2_to_half2(lo, hi); }
-};
+struct StorageTraits<Bf16> : SixteenBitStorageTraits<bf16x2_to_float2, float2_to_bf16x2> {};
+template <>
+struct StorageTraits<Fp16> : SixteenBitStorageTraits<half2_to_float2, float2_to_half2> {};
 
 template <typename Fp8>
 struct Fp8StorageTraits {
