@@ -40,6 +40,7 @@ struct Options {
   int repeats = 100;
   bool peers = true;
   bool quick = false;
+  std::vector<std::string> only;  // keep points whose key contains one of these
   std::string peers_script = "bench/prefill_peers.py";
 };
 
@@ -65,7 +66,7 @@ struct Point {
 
 // The 18 seed configurations (2 shapes x batch 1, 4, 8 x seq 512, 1024, 4096, causal), then seq
 // 16384 (causal and not: the 16k throughput targets), then head dim 64.
-std::vector<Point> bench_points(bool quick) {
+std::vector<Point> all_points(bool quick) {
   std::vector<Point> points;
   for (int s = 0; s < 2; ++s) {
     for (int batch : {1, 4, 8}) {
@@ -94,6 +95,16 @@ std::string point_key(const Point& p) {
   std::ostringstream s;
   s << p.shape.name << "/" << p.batch << "/" << p.seq << "/" << (p.causal ? "causal" : "full");
   return s.str();
+}
+
+std::vector<Point> bench_points(const Options& o) {
+  std::vector<Point> points;
+  for (const Point& p : all_points(o.quick)) {
+    bool keep = o.only.empty();
+    for (const std::string& text : o.only) keep = keep || point_key(p).find(text) != std::string::npos;
+    if (keep) points.push_back(p);
+  }
+  return points;
 }
 
 struct Timings {
@@ -194,7 +205,7 @@ std::string fmt(double x, int precision = 1) {
 
 void run_bench(const Options& o) {
   if (!cuda::available()) throw Unsupported("bench prefill needs a CUDA device");
-  const std::vector<Point> points = bench_points(o.quick);
+  const std::vector<Point> points = bench_points(o);
   nlohmann::json j;
   j["benchmark"] = "prefill";
   j["gpu"] = cuda_bench::device_name();
@@ -266,6 +277,9 @@ void register_bench_prefill(CLI::App& bench) {
   cmd->add_option("--repeats", options->repeats, "Timed runs per measurement (median reported)")->check(CLI::PositiveNumber);
   cmd->add_flag("!--no-peers", options->peers, "Skip the PyTorch SDPA peers");
   cmd->add_flag("--quick", options->quick, "Only sequence 4096 of the seed table (plus 16k and head dim 64)");
+  cmd->add_option("--only", options->only,
+                  "Only the points whose key (shape/batch/seq/causal|full, e.g. qwen3-8b/1/512/) contains this text; "
+                  "repeatable");
   cmd->add_option("--peers-script", options->peers_script, "Path of bench/prefill_peers.py");
   cmd->callback([options] { run_bench(*options); });
 }

@@ -179,14 +179,16 @@ __device__ void consumer_loop(const PrefillParams& p, const WorkTile& t, const S
     }
   };
 
-  auto turn = [&](auto has_pv_tag, auto has_qk_tag, int iter) {
+  const uint64_t desc_q = G::q_desc(sm.q(), warpgroup);
+  const uint64_t desc_k0 = G::k_desc(sm.k(0));
+  const uint64_t desc_v0 = G::v_desc(Traits::kFp8 ? sm.vt(0) : sm.v(0));
+
+  // Turn `iter`: K of tile iter in stage st, V of tile iter - 1 in stage prev.
+  auto turn = [&](auto has_pv_tag, auto has_qk_tag, int iter, const Stage& st, const Stage& prev) {
     constexpr bool kHasPV = decltype(has_pv_tag)::value;
     constexpr bool kHasQK = decltype(has_qk_tag)::value;
-    const Stage st = stage_of<Traits>(iter);
-    const Stage prev = stage_of<Traits>(iter > 0 ? iter - 1 : 0);
     uint64_t* v_full = Traits::kFp8 ? sm.vt_full(prev.index) : sm.v_full(prev.index);
     uint64_t* v_empty = Traits::kFp8 ? sm.vt_empty(prev.index) : sm.v_empty(prev.index);
-    const uint8_t* v_operand = Traits::kFp8 ? sm.vt(prev.index) : sm.v(prev.index);
     if constexpr (kHasQK) Barrier::wait(sm.k_full(st.index), st.phase);
     if constexpr (kHasPV) Barrier::wait(v_full, prev.phase);
 
@@ -201,14 +203,14 @@ __device__ void consumer_loop(const PrefillParams& p, const WorkTile& t, const S
       fence_registers(pa);
       cute::warpgroup_arrive();
       if constexpr (kHasQK) {
-        G::issue_qk(s, sm.q(), sm.k(st.index), warpgroup);
+        G::issue_qk(s, desc_q, desc_k0, st.index);
         cute::warpgroup_commit_batch();
       }
       if constexpr (kHasPV) {
         if constexpr (kTwoLevel) {
-          G::issue_pv(o_tile, pa, v_operand, false);
+          G::issue_pv(o_tile, pa, desc_v0, prev.index, false);
         } else {
-          G::issue_pv(o, pa, v_operand, true);
+          G::issue_pv(o, pa, desc_v0, prev.index, true);
         }
         cute::warpgroup_commit_batch();
       }
@@ -236,7 +238,7 @@ __device__ void consumer_loop(const PrefillParams& p, const WorkTile& t, const S
         float o_tile[G::kORegs];
         fence_registers(pa);
         cute::warpgroup_arrive();
-        G::issue_pv(o_tile, pa, v_operand, false);
+        G::issue_pv(o_tile, pa, desc_v0, prev.index, false);
         cute::warpgroup_commit_batch();
         cute::warpgroup_wait<0>();
         fence_registers(o_tile);
@@ -246,8 +248,8 @@ __device__ void consumer_loop(const PrefillParams& p, const WorkTile& t, const S
       fence_registers(o);
       fence_registers(pa);
       cute::warpgroup_arrive();
-      if constexpr (kHasPV && !kTwoLevel) G::issue_pv(o, pa, v_operand, true);
-      if constexpr (kHasQK) G::issue_qk(s, sm.q(), sm.k(st.index), warpgroup);
+      if constexpr (kHasPV && !kTwoLevel) G::issue_pv(o, pa, desc_v0, prev.index, true);
+      if constexpr (kHasQK) G::issue_qk(s, desc_q, desc_k0, st.index);
       cute::warpgroup_commit_batch();
       if (Traits::kPingPong && !(warpgroup == 1 && !kHasQK)) pingpong_arrive_other(warpgroup);
       cute::warpgroup_wait<0>();
@@ -263,9 +265,14 @@ __device__ void consumer_loop(const PrefillParams& p, const WorkTile& t, const S
 
   Barrier::wait(sm.q_full(), 0);
   if (Traits::kPingPong && warpgroup == 1) pingpong_arrive_other(warpgroup);  // warpgroup 0 goes first
-  turn(std::false_type{}, std::true_type{}, 0);
-  for (int iter = 1; iter < n_tiles; ++iter) turn(std::true_type{}, std::true_type{}, iter);
-  turn(std::true_type{}, std::false_type{}, n_tiles);
+  Stage st{0, 0};
+  turn(std::false_type{}, std::true_type{}, 0, st, st);
+  for (int iter = 1; iter < n_tiles; ++iter) {
+    const Stage prev = st;
+    st = next_stage<Traits>(st);
+    turn(std::true_type{}, std::true_type{}, iter, st, prev);
+  }
+  turn(std::true_type{}, std::false_type{}, n_tiles, st, st);
 
   float factor[2];
   softmax.finalize(factor);
@@ -305,7 +312,9 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) prefill_kernel(const __gr
   const int n_tiles = num_kv_tiles<Traits>(t, p.causal);
   if (threadIdx.x == 0) init_barriers<Traits>(sm);
   __syncthreads();
-  const int warpgroup = static_cast<int>(threadIdx.x) / 128;
+  // Broadcast from lane 0 so that ptxas knows it is warp-uniform: the ping-pong barrier ids and
+  // the warpgroup's row offset then live in uniform registers, not in the consumers' 232.
+  const int warpgroup = __shfl_sync(0xffffffffu, static_cast<int>(threadIdx.x) / 128, 0);
   if (warpgroup == 0) {
     cutlass::arch::warpgroup_reg_dealloc<Traits::kProducerRegisters>();
     producer<Traits>(p, t, sm, n_tiles);

@@ -68,6 +68,12 @@ template <class Traits>
 __device__ __forceinline__ Stage stage_of(int iter) {
   return Stage{iter % Traits::kStages, static_cast<uint32_t>((iter / Traits::kStages) & 1)};
 }
+// The stage of the tile after `st`, without stage_of's division.
+template <class Traits>
+__device__ __forceinline__ Stage next_stage(const Stage& st) {
+  const bool wrap = st.index == Traits::kStages - 1;
+  return Stage{wrap ? 0 : st.index + 1, wrap ? st.phase ^ 1u : st.phase};
+}
 
 // ---- producer -----------------------------------------------------------------------------------
 
@@ -238,35 +244,44 @@ struct Gemms {
   static constexpr int kPVSteps = Traits::kBlockN / Traits::kKStep;
   static constexpr int kPRegs = kPVSteps * 4;          // A fragments: 4 registers per k-step
 
-  // S = Q K^T for this warpgroup's 64 rows. Issued and committed; the caller waits.
-  static __device__ void issue_qk(float (&s)[kSRegs], const uint8_t* q, const uint8_t* k, int warpgroup) {
-    constexpr uint32_t kSbo = 8 * Traits::kSwizzleBytes;  // next 8-row atom
+  // Descriptors of the operands' first k-step, built once per CTA; issue_qk/issue_pv advance them
+  // to the stage and k-step (desc_advance). Q: this warpgroup's 64 rows. K and V^T/V: stage 0.
+  static __device__ uint64_t q_desc(const uint8_t* q, int warpgroup) {
+    return make_smem_desc(q + warpgroup * 64 * Traits::kSwizzleBytes, Traits::kRowSwizzle, 16,
+                          8 * Traits::kSwizzleBytes);
+  }
+  static __device__ uint64_t k_desc(const uint8_t* k_stage0) {
+    return make_smem_desc(k_stage0, Traits::kRowSwizzle, 16, 8 * Traits::kSwizzleBytes);
+  }
+  // FP8: B = V^T (K-major, 128B swizzle). BF16: B = V itself, read MN-major: column blocks of 64
+  // channels are kBlockN * 128 bytes apart (LBO), groups of 8 keys 1024 bytes (SBO).
+  static __device__ uint64_t v_desc(const uint8_t* vt_or_v_stage0) {
+    return Traits::kFp8 ? make_smem_desc(vt_or_v_stage0, Swizzle::k128B, 16, 1024)
+                        : make_smem_desc(vt_or_v_stage0, Swizzle::k128B, Traits::kBlockN * 128, 1024);
+  }
+  static constexpr uint32_t kVStageBytes = Traits::kFp8 ? Traits::kVtBytes : Traits::kVBytes;
+
+  // S = Q K^T for this warpgroup's 64 rows, K from `stage`. Issued and committed; the caller waits.
+  static __device__ void issue_qk(float (&s)[kSRegs], uint64_t desc_q, uint64_t desc_k0, int stage) {
+    const uint64_t desc_k = desc_advance(desc_k0, stage * Traits::kKBytes);
 #pragma unroll
     for (int kk = 0; kk < Traits::kHeadDim / Traits::kKStep; ++kk) {
       const int byte = kk * 32;
       const int cb = byte / Traits::kSwizzleBytes, in_row = byte % Traits::kSwizzleBytes;
-      const uint64_t desc_q = make_smem_desc(
-          q + cb * Traits::kBlockM * Traits::kSwizzleBytes + warpgroup * 64 * Traits::kSwizzleBytes + in_row,
-          Traits::kRowSwizzle, 16, kSbo);
-      const uint64_t desc_k =
-          make_smem_desc(k + cb * Traits::kBlockN * Traits::kSwizzleBytes + in_row, Traits::kRowSwizzle, 16, kSbo);
-      gmma<QKAtom>(s, kk > 0, desc_q, desc_k);
+      gmma<QKAtom>(s, kk > 0, desc_advance(desc_q, cb * Traits::kBlockM * Traits::kSwizzleBytes + in_row),
+                   desc_advance(desc_k, cb * Traits::kBlockN * Traits::kSwizzleBytes + in_row));
     }
   }
 
-  // O (+)= P V. FP8: B = V^T (K-major, 128B swizzle). BF16: B = V itself, read MN-major: column
-  // blocks of 64 channels are kBlockN * 128 bytes apart (LBO), groups of 8 keys 1024 bytes (SBO).
-  static __device__ void issue_pv(float (&o)[kORegs], const uint32_t (&pa)[kPRegs], const uint8_t* vt_or_v,
+  // O (+)= P V with V^T (FP8) or V (BF16) from `stage`.
+  static __device__ void issue_pv(float (&o)[kORegs], const uint32_t (&pa)[kPRegs], uint64_t desc_v0, int stage,
                                   bool accumulate) {
+    const uint64_t desc_v = desc_advance(desc_v0, stage * kVStageBytes);
 #pragma unroll
     for (int kk = 0; kk < kPVSteps; ++kk) {
-      uint64_t desc_v;
-      if constexpr (Traits::kFp8) {
-        desc_v = make_smem_desc(vt_or_v + kk * 32, Swizzle::k128B, 16, 1024);
-      } else {
-        desc_v = make_smem_desc(vt_or_v + kk * Traits::kKStep * 128, Swizzle::k128B, Traits::kBlockN * 128, 1024);
-      }
-      gmma<PVAtom>(o, accumulate || kk > 0, pa[4 * kk], pa[4 * kk + 1], pa[4 * kk + 2], pa[4 * kk + 3], desc_v);
+      const uint32_t offset = Traits::kFp8 ? kk * 32 : kk * Traits::kKStep * 128;
+      gmma<PVAtom>(o, accumulate || kk > 0, pa[4 * kk], pa[4 * kk + 1], pa[4 * kk + 2], pa[4 * kk + 3],
+                   desc_advance(desc_v, offset));
     }
   }
 
