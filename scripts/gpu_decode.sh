@@ -16,7 +16,7 @@ if [[ $what == tests || $what == all ]]; then
 fi
 
 if [[ $what == sanitize || $what == all ]]; then
-  subset='CacheWrite.PartialRotaryDimIsBitExact:CacheWrite.OutOfRangeSlotIsReportedAndNotWritten:PagedDecode.EmptySequencesGiveZeroRows:PagedDecode.SplitCountsFromOptions:PagedDecode.Fp16InputAndOutput:PagedDecode.BadDeviceBlockIdIsReported:PagedDecode.GraphReplayWithGrowingLengths'
+  subset='CacheWrite.PartialRotaryDimIsBitExact:CacheWrite.OutOfRangeSlotIsReportedAndNotWritten:PagedDecode.EmptySequencesGiveZeroRows:PagedDecode.SplitCountsFromOptions:PagedDecode.Fp16InputAndOutput:PagedDecode.BadDeviceBlockIdIsReported:PagedDecode.GraphReplayWithGrowingLengths:PagedDecode.BalancedPlanOfEqualLengths'
   for tool in memcheck racecheck; do
     compute-sanitizer --tool "$tool" --error-exitcode 3 "$BIN/fp8kv_cuda_tests" --gtest_filter="$subset" \
       > "$OUT/sanitizer_$tool.log" 2>&1 || status=1

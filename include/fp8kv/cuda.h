@@ -39,6 +39,10 @@ struct DecodePlanOptions {
   int32_t headroom_tokens = 0;
   // Upper bound on the split-KV count of one sequence; 0 = the heuristic's choice.
   int32_t max_splits = 0;
+  // The balanced partition for batches of equal planned lengths (thread-block rows of equal key
+  // counts laid over the sequences end to end; not with max_splits): 0 = where the plan expects it
+  // to be faster than whole-sequence splits, 1 = wherever it applies, -1 = never.
+  int32_t balanced = 0;
 };
 
 // Work partition of one decode batch: which thread block covers which (sequence, key range), how
@@ -62,7 +66,7 @@ class DecodePlan {
   void run(const DecodeArgs& args, void* stream = nullptr) const;
 
   int64_t batch() const;
-  int32_t chunk_tokens() const;        // keys per split
+  int32_t chunk_tokens() const;        // keys per split (per block row of the balanced partition)
   int64_t num_work_items() const;      // thread-block rows of the main kernel
   int32_t num_splits(int64_t sequence) const;
   size_t workspace_bytes() const;      // device memory held for split results + work lists

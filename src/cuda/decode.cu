@@ -34,6 +34,17 @@ constexpr int kMaxBalanceSplits = 4;
 constexpr int kSplitBlocksPerSm = 2;
 constexpr int64_t kMinBalanceChunkTokens = 1024;
 constexpr double kMinFillGain = 0.05;
+// Balanced plan (equal planned lengths; see paged_decode_kernel): block rows of W keys laid over
+// the sequences end to end. Used where W is shorter than the split plan's longest split by at least
+// kMinBalanceSavedGranules x kChunkGranularity keys: a row that crosses into the next sequence pays
+// a second pipeline start and partial write (about 3 us), and a block streams whole iterations of
+// 32-64 keys, so a few keys less save nothing. Measured on the H100 against the split plan (llama /
+// qwen shapes, block size 16, A/B in one run, balanced wherever it applied): 8 x 64k, 8 x 128k,
+// 32 x 64k, 32 x 128k 1.3-1.7% and 32 x 16k 0.6-0.8% faster (3 or more granules saved); 8 x 4k,
+// 8 x 16k, 32 x 4k 2.3-10% and 1 x 64k 1.1-1.4% slower (none saved).
+// Row starts are multiples of kBalanceGranularity keys (two 8-token steps: no step straddles a page).
+constexpr int64_t kMinBalanceSavedGranules = 2;
+constexpr int64_t kBalanceGranularity = 16;
 // gridDim.y limit of CUDA.
 constexpr int64_t kMaxWorkItems = 65535;
 
@@ -84,13 +95,17 @@ int sm_count() {
 }
 
 // The storage-type switch in front of cuda_detail::paged_decode_op (launch, or occupancy query).
-void decode_op(DType storage, const DecodeParams* p, int head_dim, int kernel_group, dim3 grid, cudaStream_t stream,
-               int* blocks_per_sm) {
+void decode_op(DType storage, const DecodeParams* p, int head_dim, int kernel_group, dim3 grid, bool two_per_sm,
+               cudaStream_t stream, int* blocks_per_sm) {
   switch (storage) {
-    case DType::kBFloat16: return cuda_detail::paged_decode_op<Bf16>(p, head_dim, kernel_group, grid, stream, blocks_per_sm);
-    case DType::kFloat16: return cuda_detail::paged_decode_op<Fp16>(p, head_dim, kernel_group, grid, stream, blocks_per_sm);
-    case DType::kFp8E4M3: return cuda_detail::paged_decode_op<Fp8E4M3>(p, head_dim, kernel_group, grid, stream, blocks_per_sm);
-    case DType::kFp8E5M2: return cuda_detail::paged_decode_op<Fp8E5M2>(p, head_dim, kernel_group, grid, stream, blocks_per_sm);
+    case DType::kBFloat16:
+      return cuda_detail::paged_decode_op<Bf16>(p, head_dim, kernel_group, grid, two_per_sm, stream, blocks_per_sm);
+    case DType::kFloat16:
+      return cuda_detail::paged_decode_op<Fp16>(p, head_dim, kernel_group, grid, two_per_sm, stream, blocks_per_sm);
+    case DType::kFp8E4M3:
+      return cuda_detail::paged_decode_op<Fp8E4M3>(p, head_dim, kernel_group, grid, two_per_sm, stream, blocks_per_sm);
+    case DType::kFp8E5M2:
+      return cuda_detail::paged_decode_op<Fp8E5M2>(p, head_dim, kernel_group, grid, two_per_sm, stream, blocks_per_sm);
     default: throw Unsupported(std::string("cache dtype ") + dtype_name(storage));
   }
 }
@@ -116,6 +131,9 @@ struct DecodePlan::State {
   std::vector<int32_t> splits;   // per sequence
   int64_t num_work = 0;
   bool any_multi_split = false;
+  int32_t uniform_splits = 0;    // every sequence's split count when they are all equal, else 0
+  int32_t balance_tokens = 0;    // balanced plan: keys per block row (0 = split plan)
+  int32_t balance_len = 0;       // balanced plan: every sequence's planned length, padded
   void* device_memory = nullptr;
   size_t device_bytes = 0;
   int4* work = nullptr;          // [num_work]
@@ -154,6 +172,8 @@ DecodePlan::DecodePlan(const DecodeArgs& args, const std::vector<int32_t>& host_
                 "host copy has ", host_seq_lens.size(), " entries for a batch of ", s.batch);
   FP8KV_REQUIRE(options.headroom_tokens >= 0, "headroom_tokens", "must be >= 0, got ", options.headroom_tokens);
   FP8KV_REQUIRE(options.max_splits >= 0, "max_splits", "must be >= 0 (0 = heuristic), got ", options.max_splits);
+  FP8KV_REQUIRE(options.balanced >= -1 && options.balanced <= 1, "balanced", "must be -1, 0 or 1, got ",
+                options.balanced);
   const int64_t capacity = args.block_tables.size(1) * static_cast<int64_t>(s.block_size);
   std::vector<int64_t> planned(static_cast<size_t>(s.batch));
   int64_t total = 0;
@@ -174,7 +194,7 @@ DecodePlan::DecodePlan(const DecodeArgs& args, const std::vector<int32_t>& host_
   // the count reach 3 per SM put 320 blocks on 132 SMs and ran 15% slower).
   const int64_t blocks_per_split = static_cast<int64_t>(s.num_kv_heads) * s.kernel.head_chunks;
   int blocks_per_sm = 0;
-  decode_op(s.storage, nullptr, s.head_dim, s.kernel.kernel_group, dim3(), nullptr, &blocks_per_sm);
+  decode_op(s.storage, nullptr, s.head_dim, s.kernel.kernel_group, dim3(), false, nullptr, &blocks_per_sm);
   const int64_t wave = std::max<int64_t>(1, static_cast<int64_t>(blocks_per_sm) * sm_count());
   const int64_t split_wave =
       std::max<int64_t>(1, static_cast<int64_t>(std::min(blocks_per_sm, kSplitBlocksPerSm)) * sm_count());
@@ -213,18 +233,59 @@ DecodePlan::DecodePlan(const DecodeArgs& args, const std::vector<int32_t>& host_
   while (count_work(chunk) > kMaxWorkItems) chunk *= 2;
   FP8KV_REQUIRE(s.batch <= kMaxWorkItems, "q", "batch ", s.batch, " exceeds the ", kMaxWorkItems,
                 " sequences one decode launch covers");
-  s.chunk_tokens = static_cast<int32_t>(chunk);
+
+  // Balanced plan: one wave of block rows, two per SM, each streaming the same W keys, where the
+  // split plan's whole-sequence splits leave slots idle (8 x 64k: 256 blocks of 16384 keys on 264
+  // slots; balanced: 264 blocks of 15888). Only for equal planned lengths, whose segments the
+  // kernel computes without loading anything.
+  const bool equal_lengths =
+      s.batch > 0 && planned[0] > 0 && std::all_of(planned.begin(), planned.end(), [&](int64_t n) { return n == planned[0]; });
+  const bool split_plan_one_wave = count_work(chunk) * blocks_per_split <= split_wave;
+  if (equal_lengths && options.max_splits == 0 && options.balanced >= 0 && blocks_per_sm >= kSplitBlocksPerSm &&
+      split_plan_one_wave) {
+    const int64_t len = (planned[0] + kBalanceGranularity - 1) / kBalanceGranularity * kBalanceGranularity;
+    const int64_t rows = split_wave / blocks_per_split;
+    const int64_t total = s.batch * len;
+    const int64_t w = rows < 1 ? 0
+                               : std::max<int64_t>(kMinChunkTokens, (total + rows * kBalanceGranularity - 1) /
+                                                                        (rows * kBalanceGranularity) * kBalanceGranularity);
+    const int64_t longest_split = std::min(chunk, longest);
+    const int64_t saved_granules =
+        (longest_split + kChunkGranularity - 1) / kChunkGranularity - (w + kChunkGranularity - 1) / kChunkGranularity;
+    if (w > 0 && w <= len && w < longest_split &&
+        (options.balanced == 1 || saved_granules >= kMinBalanceSavedGranules)) {
+      s.balance_tokens = static_cast<int32_t>(w);
+      s.balance_len = static_cast<int32_t>(len);
+    }
+  }
 
   std::vector<int4> work;
   s.splits.resize(static_cast<size_t>(s.batch));
-  for (int64_t b = 0; b < s.batch; ++b) {
-    const int splits = static_cast<int>(std::max<int64_t>(1, (planned[static_cast<size_t>(b)] + chunk - 1) / chunk));
-    s.splits[static_cast<size_t>(b)] = splits;
-    s.any_multi_split = s.any_multi_split || splits > 1;
-    const int first = static_cast<int>(work.size());
-    for (int i = 0; i < splits; ++i) work.push_back(make_int4(static_cast<int>(b), i, splits, first));
+  if (s.balance_tokens > 0) {
+    const int64_t w = s.balance_tokens;
+    const int64_t len = s.balance_len;
+    s.chunk_tokens = s.balance_tokens;
+    s.num_work = (s.batch * len + w - 1) / w;
+    for (int64_t b = 0; b < s.batch; ++b) {
+      const int64_t parts = (b * len + len - 1) / w - (b * len) / w + 1;
+      s.splits[static_cast<size_t>(b)] = static_cast<int32_t>(parts);
+      s.any_multi_split = s.any_multi_split || parts > 1;
+    }
+  } else {
+    s.chunk_tokens = static_cast<int32_t>(chunk);
+    for (int64_t b = 0; b < s.batch; ++b) {
+      const int splits = static_cast<int>(std::max<int64_t>(1, (planned[static_cast<size_t>(b)] + chunk - 1) / chunk));
+      s.splits[static_cast<size_t>(b)] = splits;
+      s.any_multi_split = s.any_multi_split || splits > 1;
+      const int first = static_cast<int>(work.size());
+      for (int i = 0; i < splits; ++i) work.push_back(make_int4(static_cast<int>(b), i, splits, first));
+    }
+    s.num_work = static_cast<int64_t>(work.size());
+    const bool uniform = std::all_of(s.splits.begin(), s.splits.end(), [&](int32_t n) { return n == s.splits[0]; });
+    s.uniform_splits = uniform && !s.splits.empty() ? s.splits[0] : 0;
   }
-  s.num_work = static_cast<int64_t>(work.size());
+  // Partial result rows: one per work item, or two per block row of the balanced plan.
+  const int64_t partial_rows = s.balance_tokens > 0 ? 2 * s.num_work : s.num_work;
 
   // One allocation: the work list, the split counters, then the FP32 split results (256-byte
   // aligned pieces).
@@ -233,9 +294,9 @@ DecodePlan::DecodePlan(const DecodeArgs& args, const std::vector<int32_t>& host_
   const size_t counter_bytes =
       s.any_multi_split ? align(static_cast<size_t>(s.batch) * s.num_kv_heads * s.kernel.head_chunks * sizeof(int32_t)) : 0;
   const size_t o_bytes = s.any_multi_split
-                             ? align(static_cast<size_t>(s.num_work) * s.num_q_heads * s.head_dim * sizeof(float))
+                             ? align(static_cast<size_t>(partial_rows) * s.num_q_heads * s.head_dim * sizeof(float))
                              : 0;
-  const size_t lse_bytes = s.any_multi_split ? align(static_cast<size_t>(s.num_work) * s.num_q_heads * sizeof(float)) : 0;
+  const size_t lse_bytes = s.any_multi_split ? align(static_cast<size_t>(partial_rows) * s.num_q_heads * sizeof(float)) : 0;
   s.device_bytes = work_bytes + counter_bytes + o_bytes + lse_bytes;
   FP8KV_CUDA_CHECK(cudaMalloc(&s.device_memory, s.device_bytes));
   char* base = static_cast<char*>(s.device_memory);
@@ -300,6 +361,10 @@ void DecodePlan::run(const DecodeArgs& args, void* stream) const {
   p.head_chunks = kernel.head_chunks;
   p.score_scale = args.softmax_scale * cuda_detail::kLog2e;
   p.work = s.work;
+  p.uniform_splits = s.uniform_splits;
+  p.balance_tokens = s.balance_tokens;
+  p.balance_len = s.balance_len;
+  p.batch = static_cast<int32_t>(s.batch);
   p.chunk_tokens = s.chunk_tokens;
   p.partial_o = s.partial_o;
   p.partial_lse = s.partial_lse;
@@ -309,7 +374,7 @@ void DecodePlan::run(const DecodeArgs& args, void* stream) const {
 
   const auto st = static_cast<cudaStream_t>(stream);
   const dim3 grid(static_cast<unsigned>(s.num_kv_heads * kernel.head_chunks), static_cast<unsigned>(s.num_work));
-  decode_op(cache.dtype, &p, s.head_dim, kernel.kernel_group, grid, st, nullptr);
+  decode_op(cache.dtype, &p, s.head_dim, kernel.kernel_group, grid, s.balance_tokens > 0, st, nullptr);
   FP8KV_CUDA_CHECK_LAUNCH();
 }
 

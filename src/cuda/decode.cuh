@@ -1,8 +1,10 @@
 // Device code of paged decode attention (flash-decoding over the HND paged cache).
 //
-// Grid: x = (KV head, head chunk), y = work item (sequence, split). A thread block of kDecodeWarps
-// warps covers one split's key range for kGroup query heads that share one KV head, so each K/V
-// byte is read from memory once for all of them and reused from registers (GQA).
+// Grid: x = (KV head, head chunk), y = work item: a (sequence, split), or in the balanced plan a
+// row of equal key counts over the sequences laid end to end (one or two segments, see
+// paged_decode_kernel). A thread block of kDecodeWarps warps covers one key range for kGroup query
+// heads that share one KV head, so each K/V byte is read from memory once for all of them and
+// reused from registers (GQA).
 //
 // Inside a warp, q.K runs on the tensor cores (mma m16n8k16, FP32 accumulation): the query heads
 // are the rows of the A tile, 8 tokens the columns of B, and each lane loads its share of those
@@ -19,12 +21,13 @@
 // log2(e) * k_scale, so scores come out in log2 units for exp2), V scales multiply the output once.
 // per_token scales multiply each score (K) and each probability (V) as the token is consumed.
 //
-// Splits: work items of a sequence with several splits write an FP32 partial output normalised by
-// its own softmax sum plus its log2-sum-exp; the last of them to finish (an atomic counter per
-// sequence and block column) combines them in the same launch. A sequence with a single split
-// writes the final output directly.
+// Splits: the blocks sharing a sequence (splits, or balanced segments) write an FP32 partial output
+// normalised by its own softmax sum plus its log2-sum-exp; the last of them to finish (an atomic
+// counter per sequence and block column) combines them in the same launch. A sequence covered by
+// one block writes the final output directly.
 #pragma once
 
+#include <algorithm>
 #include <atomic>
 #include <cstdint>
 #include <type_traits>
@@ -72,6 +75,12 @@ struct DecodeParams {
   int32_t head_chunks;           // group / kGroup thread blocks per KV head
   float score_scale;             // softmax_scale * log2(e)
   const int4* work;              // [num_work]: (sequence, split, splits of the sequence, first work item)
+  int32_t uniform_splits;        // > 0: every sequence has this many splits, and work item y is
+                                 // (y / n, y % n, n, y - y % n), computed instead of loaded from `work`
+  int32_t balance_tokens;        // > 0: balanced plan, block row y takes keys [y * W, (y + 1) * W) of the
+                                 // sequences laid end to end, each balance_len long (see DecodeSegment)
+  int32_t balance_len;
+  int32_t batch;
   int32_t chunk_tokens;          // keys per split
   float* partial_o;              // [num_work, num_q_heads, head_dim] fp32, split results (normalised)
   float* partial_lse;            // [num_work, num_q_heads] fp32, log2-sum-exp2 of each split's scores
@@ -199,8 +208,26 @@ struct DecodeTile {
   static_assert(!kPvMma || kSteps % 2 == 0, "tensor-core P.V takes steps in pairs");
 };
 
+// One thread block's share of one sequence for its block column: keys [t_begin, t_stop) (t_stop
+// is the planned end; the device length may end it sooner). `parts` blocks share the sequence
+// (1: this one writes the output); their FP32 partial results sit in rows first_row, next_row,
+// next_row + row_step, ... of partial_o / partial_lse, this one's in `row`.
+struct DecodeSegment {
+  int seq;
+  int t_begin;
+  int t_stop;
+  int64_t limit;  // the longest device length the plan covers for the sequence (longer is flagged)
+  int parts;
+  int row;
+  int first_row;
+  int next_row;
+  int row_step;
+};
+
+// Processes one segment with the whole thread block (all threads call it; it ends with every
+// thread past its last use of shared memory except where the next call's barrier orders it).
 template <typename Storage, int kHeadDim, int kGroup>
-__global__ void __launch_bounds__(kDecodeThreads) paged_decode_kernel(const DecodeParams p) {
+__device__ __forceinline__ void decode_segment(const DecodeParams& p, const DecodeSegment& seg) {
   using Traits = StorageTraits<Storage>;
   using Tile = DecodeTile<Storage, kHeadDim>;
   // BF16 storage multiplies in bf16 (K as stored); FP16 and FP8 storage in fp16 (FP8 widens to
@@ -232,23 +259,20 @@ __global__ void __launch_bounds__(kDecodeThreads) paged_decode_kernel(const Deco
   const int v_c0 = (lane % kRowVectors) * kE;
   const int kv_head = static_cast<int>(blockIdx.x) / p.head_chunks;
   const int q_head0 = kv_head * p.group + (static_cast<int>(blockIdx.x) % p.head_chunks) * kGroup;
-  const int4 item = p.work[blockIdx.y];
-  const int seq = item.x;
-  const int split = item.y;
-  const int num_splits = item.z;
+  const int seq = seg.seq;
+  const int t_begin = seg.t_begin;
 
   // The length, q, the scales and the first block ids are loaded before any of them is used:
-  // their latencies overlap at the start of the block instead of adding up.
+  // their latencies overlap at the start of the segment instead of adding up.
   int seq_len = p.seq_lens[seq];
-  const int t_begin = split * p.chunk_tokens;
   const int32_t* table = p.block_tables + static_cast<int64_t>(seq) * p.max_blocks_per_seq;
-  // Splits start at multiples of 128 and warp tiles at multiples of 8: the 8 tokens of a step
-  // share one page (block sizes are powers of two >= 8). The block ids of an iteration are read
+  // Segments start at multiples of 16 and warp tiles at multiples of 8: the 8 tokens of a step
+  // share one page (block sizes are powers of two >= 16). The block ids of an iteration are read
   // one iteration before its copies are issued, so the table's latency is off the copy path. They
-  // are read up to the split's planned end (inside the table row whatever the device length says);
-  // issue() only uses those of tokens below the length.
+  // are read up to the segment's planned end (inside the table row whatever the device length
+  // says); issue() only uses those of tokens below the length.
   const int64_t table_capacity = static_cast<int64_t>(p.max_blocks_per_seq) << p.log2_block_size;
-  const int64_t lookup_end = min(table_capacity, static_cast<int64_t>(t_begin) + p.chunk_tokens);
+  const int64_t lookup_end = min(table_capacity, static_cast<int64_t>(seg.t_stop));
   const int warp_begin = t_begin + warp * kWarpTile;
   auto lookup = [&](int it, int32_t (&ids)[kSteps]) {
     const int tile = warp_begin + it * kBlockTile;
@@ -347,18 +371,22 @@ __global__ void __launch_bounds__(kDecodeThreads) paged_decode_kernel(const Deco
 #pragma unroll
     for (int e = 0; e < kAccCols; ++e) acc[a][e] = 0.0f;
   }
+  // Per-token V scales with tensor-core P.V: the accumulator is in units of v_ref, the largest V
+  // scale of the tokens consumed so far (warp-uniform; 0 until a scale > 0 is seen).
+  [[maybe_unused]] float v_ref = 0.0f;
+  [[maybe_unused]] float v_ref_inv = 0.0f;
 
   const Storage* k_cache = static_cast<const Storage*>(p.k_cache);
   const Storage* v_cache = static_cast<const Storage*>(p.v_cache);
   const int position_mask = (1 << p.log2_block_size) - 1;
 
   // Lengths come from the device: clamp what the block table and the plan can serve, and flag it.
-  const int64_t planned = static_cast<int64_t>(num_splits) * p.chunk_tokens;
+  const int64_t planned = seg.limit;
   if (seq_len < 0 || seq_len > table_capacity || seq_len > planned) {
     if (threadIdx.x == 0 && blockIdx.x == 0) atomicOr(p.error_flags, kErrorSeqLenOutOfRange);
     seq_len = seq_len < 0 ? 0 : static_cast<int>(min(static_cast<int64_t>(seq_len), min(table_capacity, planned)));
   }
-  const int t_end = min(seq_len, t_begin + p.chunk_tokens);
+  const int t_end = min(seq_len, seg.t_stop);
 
   // Each warp streams its own tiles (every kDecodeWarps-th one) through a private ring of kStages
   // stages: kStages - 1 iterations of copies stay in flight while it computes on the oldest. The
@@ -514,28 +542,33 @@ __global__ void __launch_bounds__(kDecodeThreads) paged_decode_kernel(const Deco
       }
 #pragma unroll
       for (int u2 = 0; u2 < kSteps / 2; ++u2) {
-        float pscale = 1.0f;
         float p00 = s[2 * u2][0], p01 = s[2 * u2][1], p10 = s[2 * u2 + 1][0], p11 = s[2 * u2 + 1][1];
         if (per_token) {
-          // Per-token V scales enter P before its fp16 rounding, normalised by the pair's largest
-          // (so P stays in [0, 1], clear of fp16's subnormals); the accumulator is brought to the
-          // same normalisation around the products.
+          // Per-token V scales enter P before its fp16 rounding, relative to the running largest V
+          // scale of the warp's tokens (P stays in [0, 1]); the accumulator is kept in units of
+          // that reference and only rescaled when it rises, which after the first pairs is rare
+          // (against normalising by each pair's largest: two passes over the accumulator per pair).
           const float2 va = v_tok[2 * u2];
           const float2 vb = v_tok[2 * u2 + 1];
+          // The pair's 16 tokens are spread over the quad; every quad holds the same tokens, so
+          // the maximum (and the branch below) is uniform across the warp.
           float vmax = fmaxf(fmaxf(va.x, va.y), fmaxf(vb.x, vb.y));
           vmax = fmaxf(vmax, __shfl_xor_sync(0xffffffffu, vmax, 1));
           vmax = fmaxf(vmax, __shfl_xor_sync(0xffffffffu, vmax, 2));
-          pscale = vmax > 0.0f ? vmax : 1.0f;
-          const float inv = 1.0f / pscale;
-          p00 *= va.x * inv;
-          p01 *= va.y * inv;
-          p10 *= vb.x * inv;
-          p11 *= vb.y * inv;
+          if (vmax > v_ref) {
+            const float rebase = v_ref / vmax;  // 0 before any scale > 0: the accumulator is still 0
 #pragma unroll
-          for (int a = 0; a < kAccRows; ++a) {
+            for (int a = 0; a < kAccRows; ++a) {
 #pragma unroll
-            for (int e = 0; e < 4; ++e) acc[a][e] *= inv;
+              for (int e = 0; e < 4; ++e) acc[a][e] *= rebase;
+            }
+            v_ref = vmax;
+            v_ref_inv = 1.0f / vmax;
           }
+          p00 *= va.x * v_ref_inv;
+          p01 *= va.y * v_ref_inv;
+          p10 *= vb.x * v_ref_inv;
+          p11 *= vb.y * v_ref_inv;
         }
         const uint32_t b0 = float2_to_half2(p00, p01);
         const uint32_t b1 = float2_to_half2(p10, p11);
@@ -559,13 +592,6 @@ __global__ void __launch_bounds__(kDecodeThreads) paged_decode_kernel(const Deco
                            fp8x2_to_half2_bits<Storage>(static_cast<uint16_t>(hi_a >> 16)),
                            fp8x2_to_half2_bits<Storage>(static_cast<uint16_t>(hi_b & 0xffffu)),
                            fp8x2_to_half2_bits<Storage>(static_cast<uint16_t>(hi_b >> 16)), b0, b1);
-        }
-        if (per_token) {
-#pragma unroll
-          for (int a = 0; a < kAccRows; ++a) {
-#pragma unroll
-            for (int e = 0; e < 4; ++e) acc[a][e] *= pscale;
-          }
         }
       }
     } else {
@@ -604,13 +630,14 @@ __global__ void __launch_bounds__(kDecodeThreads) paged_decode_kernel(const Deco
   l += __shfl_xor_sync(0xffffffffu, l, 1);
   l += __shfl_xor_sync(0xffffffffu, l, 2);
   if constexpr (Tile::kPvMma) {
+    const float acc_unit = per_token ? v_ref : 1.0f;  // warps differ in v_ref: back to absolute units
 #pragma unroll
     for (int a = 0; a < kAccRows; ++a) {
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         const int head = 2 * quad_col + (e & 1);
         const int channel = 32 * (a / 2) + 4 * quad_row + 2 * (a % 2) + (e >> 1);
-        if (head < kGroup) smem_acc[warp][head][channel] = acc[a][e];
+        if (head < kGroup) smem_acc[warp][head][channel] = acc[a][e] * acc_unit;
       }
     }
   } else {
@@ -639,7 +666,7 @@ __global__ void __launch_bounds__(kDecodeThreads) paged_decode_kernel(const Deco
   __syncthreads();
 
   // Merge the warps; each thread finishes some (head, channel) outputs.
-  const bool direct = num_splits == 1;
+  const bool direct = seg.parts == 1;
   for (int index = static_cast<int>(threadIdx.x); index < kGroup * kHeadDim; index += kDecodeThreads) {
     const int g = index / kHeadDim;
     const int c = index % kHeadDim;
@@ -661,7 +688,7 @@ __global__ void __launch_bounds__(kDecodeThreads) paged_decode_kernel(const Deco
     if (direct) {
       store_activation(p.out, (static_cast<int64_t>(seq) * p.num_q_heads + head) * kHeadDim + c, o, p.out_fp16);
     } else {
-      const int64_t w_row = static_cast<int64_t>(blockIdx.y) * p.num_q_heads + head;
+      const int64_t w_row = static_cast<int64_t>(seg.row) * p.num_q_heads + head;
       p.partial_o[w_row * kHeadDim + c] = o;
       if (c == 0) p.partial_lse[w_row] = l_sum > 0.0f ? m_max + __log2f(l_sum) : -INFINITY;
     }
@@ -669,25 +696,28 @@ __global__ void __launch_bounds__(kDecodeThreads) paged_decode_kernel(const Deco
   if (direct) return;
 
   // Split-KV merge by the sequence's last split to finish (flash-decoding's reduction without a
-  // second launch). Release: every thread's partial writes are fenced before thread 0 counts.
+  // second launch). The barrier orders every thread's partial writes before thread 0's count, whose
+  // acq_rel atomic releases them at GPU scope (a release is cumulative over what the barrier
+  // ordered before it) and, for the last split, acquires the other splits' partials; the second
+  // barrier hands that on to the block's threads. One thread's acq_rel fence instead of a
+  // sequentially consistent __threadfence() in every thread before the count and again after it.
   __shared__ bool last_split;
-  __threadfence();
   __syncthreads();
   if (threadIdx.x == 0) {
     int32_t* counter = p.split_counters + static_cast<int64_t>(seq) * gridDim.x + blockIdx.x;
-    last_split = atomicAdd(counter, 1) == num_splits - 1;
+    int32_t done;
+    asm volatile("atom.acq_rel.gpu.global.add.s32 %0, [%1], 1;" : "=r"(done) : "l"(counter) : "memory");
+    last_split = done == seg.parts - 1;
     if (last_split) *counter = 0;  // ready for the next run (CUDA graph replays)
   }
   __syncthreads();
   if (!last_split) return;
-  __threadfence();  // acquire: the other splits' partials are visible past the counter
 
   // Online merge of the splits' results, weighted by exp2(lse - running max) (as in the main loop).
   // The block's kGroup rows of a split result are kGroup * kHeadDim contiguous floats: thread
   // (lane j of kMergeLanes, column c) merges float4 column c of the splits j, j + kMergeLanes, ...,
   // loading kMergeBatch splits' lse and values at once (the merge sits on the launch's critical
   // path: fewer, wider round trips); the lanes of a column are merged through shared memory.
-  const int first = item.w;
   constexpr int kColumns = kGroup * kHeadDim / 4;
   constexpr int kMergeLanes = kColumns >= kDecodeThreads ? 1 : kDecodeThreads / kColumns;
   constexpr int kColumnsPerThread = kColumns >= kDecodeThreads ? kColumns / kDecodeThreads : 1;
@@ -708,7 +738,7 @@ __global__ void __launch_bounds__(kDecodeThreads) paged_decode_kernel(const Deco
     o[j] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
     weight_sum[j] = 0.0f;
     m_run[j] = -INFINITY;
-    for (int i0 = merge_lane; i0 < num_splits; i0 += kMergeLanes * kMergeBatch) {
+    for (int i0 = merge_lane; i0 < seg.parts; i0 += kMergeLanes * kMergeBatch) {
       float lse[kMergeBatch];
       float4 x[kMergeBatch];
 #pragma unroll
@@ -716,9 +746,10 @@ __global__ void __launch_bounds__(kDecodeThreads) paged_decode_kernel(const Deco
         const int i = i0 + b * kMergeLanes;
         lse[b] = -INFINITY;
         x[b] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-        if (i < num_splits) {
-          lse[b] = __ldcg(lse_column + static_cast<int64_t>(first + i) * p.num_q_heads);
-          x[b] = __ldcg(partial_rows + (first + i) * split_stride + column);
+        if (i < seg.parts) {
+          const int64_t row = i == 0 ? seg.first_row : seg.next_row + static_cast<int64_t>(i - 1) * seg.row_step;
+          lse[b] = __ldcg(lse_column + row * p.num_q_heads);
+          x[b] = __ldcg(partial_rows + row * split_stride + column);
         }
       }
       float m_new = m_run[j];
@@ -785,37 +816,117 @@ __global__ void __launch_bounds__(kDecodeThreads) paged_decode_kernel(const Deco
   }
 }
 
-// Launches paged_decode_kernel<Storage, kHeadDim, kGroup> over `grid` (a non-null `blocks_per_sm`
-// instead receives how many of its blocks one SM holds at once, for the plan).
+// Block row y's segments. Split plan: one, work item y (sequence, split) with `parts` = the
+// sequence's split count, computed when every sequence has the same count (the load of `work`
+// would be one more DRAM latency in front of the length, q and block-id loads, which all need the
+// sequence). Balanced plan (equal planned lengths L, padded to a multiple of 16): the sequences'
+// keys laid end to end, block row y takes keys [y * W, (y + 1) * W) with W <= L, so at most the
+// tail of one sequence and the head of the next. Every block row then streams the same number of
+// keys, where whole-sequence splits leave slots idle (256 blocks of 16k keys on 264 slots);
+// partial rows are 2y + k for the row's k-th segment.
 template <typename Storage, int kHeadDim, int kGroup>
-void paged_decode_kernel_op(const DecodeParams* p, dim3 grid, cudaStream_t stream, int* blocks_per_sm) {
+__global__ void __launch_bounds__(kDecodeThreads) paged_decode_kernel(const DecodeParams p) {
+  const int y = static_cast<int>(blockIdx.y);
+  const bool balanced = p.balance_tokens > 0;
+  const int64_t w = p.balance_tokens;
+  const int64_t len = p.balance_len;
+  int64_t f = static_cast<int64_t>(y) * w;
+  const int64_t f_end = balanced ? min(f + w, static_cast<int64_t>(p.batch) * len) : 0;
+  // One call site of decode_segment (it is inlined): the segment is described first.
+#pragma unroll 1
+  for (int k = 0; k < 2; ++k) {
+    DecodeSegment seg;
+    if (balanced) {
+      if (f >= f_end) break;
+      seg.seq = static_cast<int>(f / len);
+      const int64_t seq_start = static_cast<int64_t>(seg.seq) * len;
+      seg.t_begin = static_cast<int>(f - seq_start);
+      seg.t_stop = static_cast<int>(min(len, static_cast<int64_t>(seg.t_begin) + (f_end - f)));
+      seg.limit = len;
+      const int64_t y0 = seq_start / w;             // block row holding the sequence's first key
+      const int64_t y1 = (seq_start + len - 1) / w;  // ... and its last
+      seg.parts = static_cast<int>(y1 - y0 + 1);
+      seg.row = 2 * y + k;
+      seg.first_row = static_cast<int>(2 * y0 + (y0 * w == seq_start ? 0 : 1));
+      seg.next_row = static_cast<int>(2 * (y0 + 1));
+      seg.row_step = 2;
+      f += seg.t_stop - seg.t_begin;
+    } else {
+      if (k > 0) break;
+      int split;
+      if (p.uniform_splits > 0) {
+        seg.parts = p.uniform_splits;
+        seg.seq = y / seg.parts;
+        seg.first_row = seg.seq * seg.parts;
+        split = y - seg.first_row;
+      } else {
+        const int4 item = p.work[y];
+        seg.seq = item.x;
+        split = item.y;
+        seg.parts = item.z;
+        seg.first_row = item.w;
+      }
+      seg.t_begin = split * p.chunk_tokens;
+      seg.t_stop = seg.t_begin + p.chunk_tokens;
+      seg.limit = static_cast<int64_t>(seg.parts) * p.chunk_tokens;
+      seg.row = y;
+      seg.next_row = seg.first_row + 1;
+      seg.row_step = 1;
+    }
+    if (k > 0) __syncthreads();  // the previous segment's last reads of shared memory are done
+    decode_segment<Storage, kHeadDim, kGroup>(p, seg);
+  }
+}
+
+// Launches paged_decode_kernel<Storage, kHeadDim, kGroup> over `grid` (a non-null `blocks_per_sm`
+// instead receives how many of its blocks one SM holds at once, for the plan). `two_per_sm`
+// launches with enough dynamic shared memory that no SM holds more than two of the blocks: the
+// balanced plan counts on every block sharing its SM with exactly one other.
+template <typename Storage, int kHeadDim, int kGroup>
+void paged_decode_kernel_op(const DecodeParams* p, dim3 grid, bool two_per_sm, cudaStream_t stream,
+                            int* blocks_per_sm) {
   constexpr int kSmem = DecodeTile<Storage, kHeadDim>::kSmemBytes;
   const auto kernel = paged_decode_kernel<Storage, kHeadDim, kGroup>;
-  // The ring exceeds the default 48 KB of dynamic shared memory: raise the limit once per device.
-  static std::atomic<uint64_t> configured_devices{0};
+  // The ring exceeds the default 48 KB of dynamic shared memory, and a capped launch takes up to
+  // half an SM's: raise the limit once per device, and keep that half-SM size.
+  static std::atomic<int> half_sm_of_device[64];  // 0 = not configured yet
   int device = 0;
   FP8KV_CUDA_CHECK(cudaGetDevice(&device));
-  const uint64_t bit = uint64_t{1} << (device % 64);
-  if ((configured_devices.load() & bit) == 0) {
-    FP8KV_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem));
-    configured_devices.fetch_or(bit);
+  std::atomic<int>& half_sm_slot = half_sm_of_device[device % 64];
+  int half_sm = half_sm_slot.load();
+  if (half_sm == 0) {
+    int per_sm = 0;
+    int reserved = 0;
+    int optin = 0;
+    FP8KV_CUDA_CHECK(cudaDeviceGetAttribute(&per_sm, cudaDevAttrMaxSharedMemoryPerMultiprocessor, device));
+    FP8KV_CUDA_CHECK(cudaDeviceGetAttribute(&reserved, cudaDevAttrReservedSharedMemoryPerBlock, device));
+    FP8KV_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+    cudaFuncAttributes attributes{};
+    FP8KV_CUDA_CHECK(cudaFuncGetAttributes(&attributes, kernel));
+    // Two blocks of this size fill the SM's shared memory; a third does not fit.
+    const int fill = std::min(optin, per_sm / 2 - static_cast<int>(attributes.sharedSizeBytes) - reserved) / 16 * 16;
+    half_sm = std::max(kSmem, fill);
+    FP8KV_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, half_sm));
+    half_sm_slot.store(half_sm);
   }
   if (blocks_per_sm != nullptr) {
     FP8KV_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(blocks_per_sm, kernel, kDecodeThreads, kSmem));
     return;
   }
-  kernel<<<grid, kDecodeThreads, kSmem, stream>>>(*p);
+  const int smem = two_per_sm ? half_sm : kSmem;
+  kernel<<<grid, kDecodeThreads, smem, stream>>>(*p);
 }
 
 template <typename Storage, int kHeadDim>
-void paged_decode_group_op(const DecodeParams* p, int kernel_group, dim3 grid, cudaStream_t stream, int* blocks_per_sm) {
+void paged_decode_group_op(const DecodeParams* p, int kernel_group, dim3 grid, bool two_per_sm, cudaStream_t stream,
+                           int* blocks_per_sm) {
   switch (kernel_group) {
-    case 1: return paged_decode_kernel_op<Storage, kHeadDim, 1>(p, grid, stream, blocks_per_sm);
-    case 2: return paged_decode_kernel_op<Storage, kHeadDim, 2>(p, grid, stream, blocks_per_sm);
-    case 4: return paged_decode_kernel_op<Storage, kHeadDim, 4>(p, grid, stream, blocks_per_sm);
+    case 1: return paged_decode_kernel_op<Storage, kHeadDim, 1>(p, grid, two_per_sm, stream, blocks_per_sm);
+    case 2: return paged_decode_kernel_op<Storage, kHeadDim, 2>(p, grid, two_per_sm, stream, blocks_per_sm);
+    case 4: return paged_decode_kernel_op<Storage, kHeadDim, 4>(p, grid, two_per_sm, stream, blocks_per_sm);
     case 8:
       if constexpr (8 <= max_decode_group(StorageTraits<Storage>::kIsFp8, kHeadDim)) {
-        return paged_decode_kernel_op<Storage, kHeadDim, 8>(p, grid, stream, blocks_per_sm);
+        return paged_decode_kernel_op<Storage, kHeadDim, 8>(p, grid, two_per_sm, stream, blocks_per_sm);
       }
       break;
     default: break;
@@ -826,19 +937,19 @@ void paged_decode_group_op(const DecodeParams* p, int kernel_group, dim3 grid, c
 // selection, head_dim 64/128/256), or with p == nullptr reports its blocks per SM. One translation
 // unit per storage type (decode_<storage>.cu) instantiates it, so the four compile in parallel.
 template <typename Storage>
-void paged_decode_op(const DecodeParams* p, int head_dim, int kernel_group, dim3 grid, cudaStream_t stream,
-                     int* blocks_per_sm) {
+void paged_decode_op(const DecodeParams* p, int head_dim, int kernel_group, dim3 grid, bool two_per_sm,
+                     cudaStream_t stream, int* blocks_per_sm) {
   switch (head_dim) {
-    case 64: return paged_decode_group_op<Storage, 64>(p, kernel_group, grid, stream, blocks_per_sm);
-    case 128: return paged_decode_group_op<Storage, 128>(p, kernel_group, grid, stream, blocks_per_sm);
-    case 256: return paged_decode_group_op<Storage, 256>(p, kernel_group, grid, stream, blocks_per_sm);
+    case 64: return paged_decode_group_op<Storage, 64>(p, kernel_group, grid, two_per_sm, stream, blocks_per_sm);
+    case 128: return paged_decode_group_op<Storage, 128>(p, kernel_group, grid, two_per_sm, stream, blocks_per_sm);
+    case 256: return paged_decode_group_op<Storage, 256>(p, kernel_group, grid, two_per_sm, stream, blocks_per_sm);
     default: break;
   }
 }
 
-extern template void paged_decode_op<Bf16>(const DecodeParams*, int, int, dim3, cudaStream_t, int*);
-extern template void paged_decode_op<Fp16>(const DecodeParams*, int, int, dim3, cudaStream_t, int*);
-extern template void paged_decode_op<Fp8E4M3>(const DecodeParams*, int, int, dim3, cudaStream_t, int*);
-extern template void paged_decode_op<Fp8E5M2>(const DecodeParams*, int, int, dim3, cudaStream_t, int*);
+extern template void paged_decode_op<Bf16>(const DecodeParams*, int, int, dim3, bool, cudaStream_t, int*);
+extern template void paged_decode_op<Fp16>(const DecodeParams*, int, int, dim3, bool, cudaStream_t, int*);
+extern template void paged_decode_op<Fp8E4M3>(const DecodeParams*, int, int, dim3, bool, cudaStream_t, int*);
+extern template void paged_decode_op<Fp8E5M2>(const DecodeParams*, int, int, dim3, bool, cudaStream_t, int*);
 
 }  // namespace fp8kv::cuda_detail

@@ -350,6 +350,47 @@ TEST(PagedDecode, SplitCountsFromOptions) {
   check_case(c);
 }
 
+// The balanced partition of equal planned lengths (block rows of W keys over the sequences laid
+// end to end, crossing from one sequence into the next), forced: the heuristic keeps it for
+// batches too large for the CPU reference. 3 x 20000 keys over 2 KV heads is 130 rows of 464 keys
+// on an H100. Also with device lengths below the planned length + headroom, as a replayed plan
+// sees them, and its argument check.
+TEST(PagedDecode, BalancedPlanOfEqualLengths) {
+  FP8KV_REQUIRE_GPU();
+  cuda::DecodePlanOptions balanced;
+  balanced.balanced = 1;
+  for (const Format& f : kFormats) {
+    for (int d : {64, 128}) {
+      DecodeCase c;
+      c.storage = f.storage;
+      c.granularity = f.granularity;
+      c.head_dim = d;
+      c.seq_lens = {20000, 20000, 20000};
+      check_case(c, balanced);
+    }
+  }
+  DecodeCase c;
+  c.seq_lens = {20000, 19990, 20003};
+  DecodeProblem p(c);
+  p.d_out.poison();
+  const DecodeArgs args = p.device_args();
+  cuda::DecodePlanOptions options = balanced;
+  options.headroom_tokens = 64;
+  const cuda::DecodePlan plan(args, std::vector<int32_t>{19950, 19950, 19950}, options);
+  plan.run(args);
+  cuda::check_errors();
+  const std::vector<float> got = p.gpu_output();
+  const std::vector<double> exact = p.exact_output();
+  const std::vector<double> gpu_err = p.errors(got, exact);
+  const std::vector<double> ref_err = p.errors(p.reference_output(), exact);
+  ASSERT_EQ(testing::count_nan(got), 0u);
+  for (size_t b = 0; b < gpu_err.size(); ++b) {
+    EXPECT_LE(gpu_err[b], 2.0 * ref_err[b] + kAbsTol) << "sequence " << b << " (" << plan.num_splits(b) << " parts)";
+  }
+  options.balanced = 2;
+  EXPECT_THROW(cuda::DecodePlan(args, std::vector<int32_t>{19950, 19950, 19950}, options), InvalidArgument);
+}
+
 TEST(PagedDecode, GraphReplayWithGrowingLengths) {
   FP8KV_REQUIRE_GPU();
   DecodeCase c;
