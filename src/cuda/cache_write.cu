@@ -65,14 +65,7 @@ void write_kv_cache(const CacheWriteArgs& args, void* stream) {
   p.layout = cache.layout;
   p.k_cache = cache.k;
   p.v_cache = cache.v;
-  if (cache.has_token_scales()) {
-    p.k_token_scale = cache.k_token_scale;
-    p.v_token_scale = cache.v_token_scale;
-  } else if (is_fp8(cache.dtype)) {
-    p.k_scale = cache.k_scale;
-    p.v_scale = cache.v_scale;
-    p.per_head = cache.granularity == ScaleGranularity::kPerHead;
-  }
+  p.scales = cuda_detail::CacheScales::of(cache);
   p.error_flags = cuda_detail::device_error_word();
   if (p.num_tokens == 0) return;
   const auto s = static_cast<cudaStream_t>(stream);

@@ -11,6 +11,7 @@
 
 #include <cstdint>
 
+#include "cuda/cache_scales.cuh"
 #include "cuda/fp8_convert.cuh"
 #include "fp8kv/paged_cache.h"
 #include "fp8kv/scales.h"
@@ -116,11 +117,7 @@ struct CacheWriteParams {
   PagedLayout layout;
   void* k_cache;               // [num_blocks, num_kv_heads, block_size, head_dim] Storage
   void* v_cache;               // [num_blocks, num_kv_heads, block_size, head_dim] Storage
-  float* k_token_scale;        // [num_blocks, num_kv_heads, block_size], per_token only
-  float* v_token_scale;        // [num_blocks, num_kv_heads, block_size], per_token only
-  const float* k_scale;        // [1] per_tensor / [num_kv_heads] per_head, else null
-  const float* v_scale;
-  bool per_head;
+  CacheScales scales;          // per-token scales are written, static ones read
   uint32_t* error_flags;       // device word; bits kError*
 };
 
@@ -159,7 +156,7 @@ __global__ void __launch_bounds__(kCacheWriteThreads) cache_write_kernel(const C
   const int64_t in_offset = (token * heads + head) * kHeadDim;
   const int64_t cache_offset = p.layout.token_offset(block, head, pos_in_block) + c0;
   const int64_t scale_offset = p.layout.token_scale_offset(block, head, pos_in_block);
-  const bool per_token = p.k_token_scale != nullptr;
+  const bool per_token = p.scales.per_token();
 
   float k[kChunk];
   float v[kChunk];
@@ -179,13 +176,13 @@ __global__ void __launch_bounds__(kCacheWriteThreads) cache_write_kernel(const C
                              p.rotary_dim);
     }
   }
-  const float k_static = (!per_token && p.k_scale != nullptr) ? p.k_scale[p.per_head ? head : 0] : 1.0f;
-  const float v_static = (!per_token && p.v_scale != nullptr) ? p.v_scale[p.per_head ? head : 0] : 1.0f;
+  const float k_static = p.scales.k_of_head(head);
+  const float v_static = p.scales.v_of_head(head);
   quantize_store_chunk<Storage, kChunk, kRowThreads>(k, static_cast<Storage*>(p.k_cache) + cache_offset, per_token,
-                                                     k_static, per_token ? p.k_token_scale + scale_offset : nullptr,
+                                                     k_static, per_token ? p.scales.k_token + scale_offset : nullptr,
                                                      active);
   quantize_store_chunk<Storage, kChunk, kRowThreads>(v, static_cast<Storage*>(p.v_cache) + cache_offset, per_token,
-                                                     v_static, per_token ? p.v_token_scale + scale_offset : nullptr,
+                                                     v_static, per_token ? p.scales.v_token + scale_offset : nullptr,
                                                      active);
 }
 

@@ -342,14 +342,7 @@ void DecodePlan::run(const DecodeArgs& args, void* stream) const {
   p.out_fp16 = args.out.dtype == DType::kFloat16;
   p.k_cache = cache.k;
   p.v_cache = cache.v;
-  if (cache.has_token_scales()) {
-    p.k_token_scale = cache.k_token_scale;
-    p.v_token_scale = cache.v_token_scale;
-  } else if (is_fp8(cache.dtype)) {
-    p.k_scale = cache.k_scale;
-    p.v_scale = cache.v_scale;
-    p.per_head = cache.granularity == ScaleGranularity::kPerHead;
-  }
+  p.scales = cuda_detail::CacheScales::of(cache);
   p.block_tables = args.block_tables.ptr<const int32_t>();
   p.max_blocks_per_seq = static_cast<int32_t>(args.block_tables.size(1));
   p.seq_lens = args.seq_lens.ptr<const int32_t>();

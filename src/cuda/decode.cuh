@@ -34,6 +34,7 @@
 
 #include "cuda/cache_write.cuh"
 #include "cuda/cuda_check.h"
+#include "cuda/cache_scales.cuh"
 #include "cuda/fp8_convert.cuh"
 #include "fp8kv/paged_cache.h"
 
@@ -59,11 +60,7 @@ struct DecodeParams {
   bool out_fp16;                 // dtype of out
   const void* k_cache;           // [num_blocks, num_kv_heads, block_size, head_dim] storage
   const void* v_cache;           // [num_blocks, num_kv_heads, block_size, head_dim] storage
-  const float* k_token_scale;    // [num_blocks, num_kv_heads, block_size], per_token only (else null)
-  const float* v_token_scale;    // [num_blocks, num_kv_heads, block_size], per_token only
-  const float* k_scale;          // [1] per_tensor / [num_kv_heads] per_head; null = 1 (16-bit, per_token)
-  const float* v_scale;          // same shape as k_scale
-  bool per_head;                 // static scales indexed by KV head
+  CacheScales scales;            // the cache's per-token or static scales (none for 16-bit storage)
   const int32_t* block_tables;   // [batch, max_blocks_per_seq]
   int32_t max_blocks_per_seq;
   const int32_t* seq_lens;       // [batch]
@@ -286,10 +283,9 @@ __device__ __forceinline__ void decode_segment(const DecodeParams& p, const Deco
 #pragma unroll
   for (int it = 0; it < kStages - 1; ++it) lookup(it, first_ids[it]);
 
-  const int scale_index = p.per_head ? kv_head : 0;
-  const float k_static = p.k_scale != nullptr ? p.k_scale[scale_index] : 1.0f;
-  const float v_static = p.v_scale != nullptr ? p.v_scale[scale_index] : 1.0f;
-  const bool per_token = p.k_token_scale != nullptr;
+  const float k_static = p.scales.k_of_head(kv_head);
+  const float v_static = p.scales.v_of_head(kv_head);
+  const bool per_token = p.scales.per_token();
 
   // Q as A fragments: lane (row r, c) holds head q_head0 + r at the physical channels that k-step
   // ks maps to k = 2c, 2c+1 (qa[ks][0]) and 2c+8, 2c+9 (qa[ks][1]); the same map is used for K, so
@@ -431,8 +427,8 @@ __device__ __forceinline__ void decode_segment(const DecodeParams& p, const Deco
       }
       if (per_token) {
         const int64_t s = p.layout.token_scale_offset(block, kv_head, position0) + 2 * quad_col;
-        cp_async_8(stage_scales + (2 * u) * 32 + lane, p.k_token_scale + s, ok);
-        cp_async_8(stage_scales + (2 * u + 1) * 32 + lane, p.v_token_scale + s, ok);
+        cp_async_8(stage_scales + (2 * u) * 32 + lane, p.scales.k_token + s, ok);
+        cp_async_8(stage_scales + (2 * u + 1) * 32 + lane, p.scales.v_token + s, ok);
       }
     }
     cp_async_commit();

@@ -103,14 +103,7 @@ void rope_quantize(const RopeQuantizeArgs& args, const PrefillOptions& options, 
   p.layout = args.cache.layout;
   p.k_cache = static_cast<Fp8E4M3*>(args.cache.k);
   p.v_cache = static_cast<Fp8E4M3*>(args.cache.v);
-  if (args.cache.has_token_scales()) {
-    p.k_token_scale = args.cache.k_token_scale;
-    p.v_token_scale = args.cache.v_token_scale;
-  } else {
-    p.k_scale = args.cache.k_scale;
-    p.v_scale = args.cache.v_scale;
-    p.per_head = args.cache.granularity == ScaleGranularity::kPerHead;
-  }
+  p.scales = cuda_detail::CacheScales::of(args.cache);
   p.error_flags = cuda_detail::device_error_word();
   launch(p, static_cast<int>(args.q.size(2)), stream);
 }

@@ -14,6 +14,7 @@
 #include <cstdint>
 
 #include "cuda/cache_write.cuh"
+#include "cuda/cache_scales.cuh"
 #include "cuda/fp8_convert.cuh"
 #include "cuda/hadamard.cuh"
 #include "fp8kv/paged_cache.h"
@@ -45,11 +46,7 @@ struct RopeQuantizeParams {
   PagedLayout layout;
   Fp8E4M3* k_cache;
   Fp8E4M3* v_cache;
-  float* k_token_scale;        // per-token only
-  float* v_token_scale;
-  const float* k_scale;        // per-tensor [1] / per-head [num_kv_heads]
-  const float* v_scale;
-  bool per_head;
+  CacheScales scales;          // per-token scales are written, static ones read
   uint32_t* error_flags;
 };
 
@@ -174,16 +171,16 @@ __global__ void __launch_bounds__(kRopeQuantizeThreads) rope_quantize_kernel(con
   const int64_t in_offset = (token * p.num_kv_heads + head) * kHeadDim;
   const int64_t cache_offset = p.layout.token_offset(block, head, in_block) + lane_in_row * M::kChunk;
   const int64_t scale_offset = p.layout.token_scale_offset(block, head, in_block);
-  const bool per_token = p.k_token_scale != nullptr;
+  const bool per_token = p.scales.per_token();
   float k[4], v[4] = {0.0f, 0.0f, 0.0f, 0.0f};
   load_rotated<kHeadDim>(p, p.k + in_offset, pos, rope, in_range, lane_in_row, k);
   if (in_range) load_bf16x4(p.v + in_offset + lane_in_row * M::kChunk, v);
-  const float k_static = (!per_token && p.k_scale != nullptr) ? p.k_scale[p.per_head ? head : 0] : 1.0f;
-  const float v_static = (!per_token && p.v_scale != nullptr) ? p.v_scale[p.per_head ? head : 0] : 1.0f;
+  const float k_static = p.scales.k_of_head(head);
+  const float v_static = p.scales.v_of_head(head);
   quantize_store_chunk<Fp8E4M3, M::kChunk, M::kRowLanes>(k, p.k_cache + cache_offset, per_token, k_static,
-                                                         per_token ? p.k_token_scale + scale_offset : nullptr, active);
+                                                         per_token ? p.scales.k_token + scale_offset : nullptr, active);
   quantize_store_chunk<Fp8E4M3, M::kChunk, M::kRowLanes>(v, p.v_cache + cache_offset, per_token, v_static,
-                                                         per_token ? p.v_token_scale + scale_offset : nullptr, active);
+                                                         per_token ? p.scales.v_token + scale_offset : nullptr, active);
 }
 
 }  // namespace fp8kv::cuda_detail
