@@ -2,8 +2,11 @@
 //   * FlashAttention-3's (paper, Table 3): Q, K, V ~ N(0,1) with 0.1% of entries from N(0,100),
 //     RMSE of the output against float64 attention on the unquantised inputs, for BF16, FP8
 //     per-tensor and FP8 with incoherent processing (random-sign Hadamard on Q and K), each with
-//     and without two-level accumulation. Bounds: the paper's figures (FP8 per-tensor 2.4e-2,
-//     FP8 + incoherent 9.1e-3) and BF16 below 2e-3.
+//     and without two-level accumulation, pooled over kDraws fresh draws: one draw's RMSE depends
+//     on where its few large outliers fall (H100, 2026-11-24: FP8 + incoherent 7.5e-3 to 9.4e-3,
+//     FP8 per-tensor 1.5e-2 to 3.2e-2 over four draws, both around the paper's figures), so a
+//     single draw passes or fails the bounds by chance. Bounds: the paper's figures (FP8
+//     per-tensor 2.4e-2, FP8 + incoherent 9.1e-3) and BF16 below 2e-3.
 //   * Long-context retrieval without a model: at 32k, 64k and 128k keys each query row has one
 //     planted key whose logit is ln(keys) + 4 above the N(0,1) distractors (softmax weight ~0.98),
 //     and the output must return that key's value: relative L2 error against the float64
@@ -12,6 +15,8 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
@@ -65,10 +70,12 @@ double rmse(const std::vector<float>& a, const std::vector<float>& b) {
   return l2_error(a, b) / std::sqrt(static_cast<double>(a.size()));
 }
 
-TEST(CudaPrefillAccuracy, FlashAttention3OutlierExperiment) {
-  FP8KV_REQUIRE_GPU();
-  const int len = 4096, heads = 4, d = 128, rows = 256;
-  const uint64_t seed = test_seed();
+// The RMSEs of one draw: BF16, FP8 per-tensor two-/one-level, FP8 incoherent two-/one-level.
+struct Fa3Rmse {
+  double bf16, fp8_two, fp8_one, inc_two, inc_one;
+};
+
+Fa3Rmse fa3_experiment_draw(int len, int heads, int d, int rows, uint64_t seed) {
   const size_t n = static_cast<size_t>(len) * heads * d;
   const std::vector<float> q = fa3_inputs(n, seed), k = fa3_inputs(n, seed + 1), v = fa3_inputs(n, seed + 2);
   const std::vector<float> exact = exact_last_rows(q, k, v, len, heads, d, rows);
@@ -112,20 +119,55 @@ TEST(CudaPrefillAccuracy, FlashAttention3OutlierExperiment) {
   };
   cuda::PrefillOptions two, one;
   one.two_level_accumulation = false;
-  const double bf16 = run(DType::kBFloat16, two);
+  Fa3Rmse r{};
+  r.bf16 = run(DType::kBFloat16, two);
   quantize(false);
-  const double fp8_two = run(DType::kFp8E4M3, two), fp8_one = run(DType::kFp8E4M3, one);
+  r.fp8_two = run(DType::kFp8E4M3, two);
+  r.fp8_one = run(DType::kFp8E4M3, one);
   quantize(true);
-  const double inc_two = run(DType::kFp8E4M3, two), inc_one = run(DType::kFp8E4M3, one);
-  std::printf("[accuracy] FA3 experiment (seq %d, %d heads, d %d, last %d rows, RMSE vs float64):\n"
+  r.inc_two = run(DType::kFp8E4M3, two);
+  r.inc_one = run(DType::kFp8E4M3, one);
+  return r;
+}
+
+TEST(CudaPrefillAccuracy, FlashAttention3OutlierExperiment) {
+  FP8KV_REQUIRE_GPU();
+  const int len = 4096, heads = 4, d = 128, rows = 256;
+  // About 0.4 s a draw, mostly the float64 reference; 64 draws put the pooled RMSEs within a few
+  // percent of their expectation.
+  constexpr int kDraws = 64;
+  // Pooled RMSE: every draw checks the same number of elements, so it is the root of the mean of
+  // the draws' squared RMSEs.
+  Fa3Rmse sq{};
+  double inc_min = INFINITY, inc_max = 0.0, fp8_min = INFINITY, fp8_max = 0.0;
+  for (int draw = 0; draw < kDraws; ++draw) {
+    const Fa3Rmse r = fa3_experiment_draw(len, heads, d, rows, test_seed());
+    inc_min = std::min(inc_min, r.inc_two);
+    inc_max = std::max(inc_max, r.inc_two);
+    fp8_min = std::min(fp8_min, r.fp8_two);
+    fp8_max = std::max(fp8_max, r.fp8_two);
+    sq.bf16 += r.bf16 * r.bf16 / kDraws;
+    sq.fp8_two += r.fp8_two * r.fp8_two / kDraws;
+    sq.fp8_one += r.fp8_one * r.fp8_one / kDraws;
+    sq.inc_two += r.inc_two * r.inc_two / kDraws;
+    sq.inc_one += r.inc_one * r.inc_one / kDraws;
+  }
+  const double bf16 = std::sqrt(sq.bf16), fp8_two = std::sqrt(sq.fp8_two), fp8_one = std::sqrt(sq.fp8_one);
+  const double inc_two = std::sqrt(sq.inc_two), inc_one = std::sqrt(sq.inc_one);
+  std::printf("[accuracy] FA3 experiment (seq %d, %d heads, d %d, last %d rows, %d draws, pooled RMSE vs float64):\n"
               "  bf16                      %.3e\n"
               "  fp8 per-tensor, two-level %.3e   one-level %.3e   (FA3: 2.4e-2)\n"
-              "  fp8 incoherent, two-level %.3e   one-level %.3e   (FA3: 9.1e-3)\n",
-              len, heads, d, rows, bf16, fp8_two, fp8_one, inc_two, inc_one);
+              "  fp8 incoherent, two-level %.3e   one-level %.3e   (FA3: 9.1e-3)\n"
+              "  single draws, two-level: per-tensor %.3e to %.3e, incoherent %.3e to %.3e\n",
+              len, heads, d, rows, kDraws, bf16, fp8_two, fp8_one, inc_two, inc_one, fp8_min, fp8_max, inc_min,
+              inc_max);
   results()["fa3_outlier_experiment"] = {
-      {"seq", len}, {"heads", heads}, {"head_dim", d}, {"rows_checked", rows}, {"bf16_rmse", bf16},
+      {"seq", len}, {"heads", heads}, {"head_dim", d}, {"rows_checked", rows}, {"draws", kDraws},
+      {"bf16_rmse", bf16},
       {"fp8_per_tensor_two_level_rmse", fp8_two}, {"fp8_per_tensor_one_level_rmse", fp8_one},
       {"fp8_incoherent_two_level_rmse", inc_two}, {"fp8_incoherent_one_level_rmse", inc_one},
+      {"single_draw_two_level_rmse_range",
+       {{"fp8_per_tensor", {fp8_min, fp8_max}}, {"fp8_incoherent", {inc_min, inc_max}}}},
       {"fa3_reference", {{"fp16", 1.9e-4}, {"fp8_per_tensor", 2.4e-2}, {"fp8_incoherent", 9.1e-3}}}};
   save_results();
   EXPECT_LT(bf16, 2e-3);
