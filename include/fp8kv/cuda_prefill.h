@@ -27,8 +27,16 @@ namespace fp8kv::cuda {
 struct PrefillOptions {
   // FP8 only. wgmma accumulates FP8 products with reduced precision; when on, every KV tile's
   // P.V product (kBlockN = 128 keys, 4 wgmma k-steps) is accumulated from zero and then added
-  // to an FP32 register accumulator, so the reduced-precision chain is never longer than one tile.
+  // to an FP32 register accumulator, so the reduced-precision chain is never longer than one tile
+  // (in CTAs that read more than one_level_max_keys keys; shorter CTAs have short chains anyway).
   bool two_level_accumulation = true;
+  // With two-level accumulation on, a CTA that reads at most this many keys (counted in whole
+  // 128-key tiles) accumulates in one level: its reduced-precision chain is that short anyway, and
+  // the accumulator's error grows with the chain's length (tests/cuda/test_prefill_accuracy.cc,
+  // LongContextRetrieval, H100: one-level adds 0.4% to the error over 512 keys, 0.7% over 1024,
+  // 5x over 32k). Skipping the per-tile fold there makes short sequences as fast as one-level
+  // (Qwen3-8B batch 1 x 512: 14.0 against 15.3 us). 0 = two-level in every CTA. Must be >= 0.
+  int one_level_max_keys = 512;
   // Used by rope_quantize: multiply Q and K by the same random-sign Hadamard matrix
   // (H * diag(signs) / sqrt(head_dim)) before quantising, which spreads outlier channels over all
   // channels. Q.K is unchanged because the matrix is orthogonal; V is not rotated.

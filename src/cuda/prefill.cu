@@ -118,6 +118,11 @@ void check_cuda_tensor(const TensorRef& t, const char* name) {
   FP8KV_REQUIRE(t.device == Device::kCuda, name, "must be on the CUDA device for cuda::prefill");
 }
 
+void check_options(const PrefillOptions& options) {
+  FP8KV_REQUIRE(options.one_level_max_keys >= 0, "one_level_max_keys", "must be >= 0 (0 = two-level in every CTA), got ",
+                options.one_level_max_keys);
+}
+
 // An upper bound on sum_b ceil(len_b / kBlockM) that needs only total_q and batch.
 int grid_blocks(int64_t total_q, int64_t batch, int block_m) {
   return static_cast<int>((total_q + (block_m - 1) * batch) / block_m);
@@ -131,6 +136,7 @@ bool prefill_supported(DType dtype, int head_dim, bool paged) {
 
 void prefill(const PrefillArgs& args, const PrefillOptions& options, void* stream) {
   validate(args);
+  check_options(options);
   check_cuda_tensor(args.q, "q");
   FP8KV_REQUIRE(args.out.dtype == DType::kBFloat16, "out", "cuda::prefill writes bfloat16, got ", dtype_name(args.out.dtype));
   const int head_dim = static_cast<int>(args.q.size(2));
@@ -169,11 +175,13 @@ void prefill(const PrefillArgs& args, const PrefillOptions& options, void* strea
   p.softmax_scale_log2 = static_cast<float>(args.softmax_scale * kLog2e);
   p.causal = args.causal;
   p.two_level = options.two_level_accumulation;
+  p.one_level_max_keys = options.one_level_max_keys;
   k.launch(p, grid_blocks(total_q, batch, k.block_m), static_cast<cudaStream_t>(stream));
 }
 
 void paged_prefill(const PagedPrefillArgs& args, const PrefillOptions& options, void* stream) {
   validate(args);
+  check_options(options);
   check_cuda_tensor(args.q, "q");
   FP8KV_REQUIRE(args.out.dtype == DType::kBFloat16, "out", "cuda::paged_prefill writes bfloat16, got ",
                 dtype_name(args.out.dtype));
@@ -222,6 +230,7 @@ void paged_prefill(const PagedPrefillArgs& args, const PrefillOptions& options, 
   p.softmax_scale_log2 = static_cast<float>(args.softmax_scale * kLog2e);
   p.causal = true;
   p.two_level = options.two_level_accumulation;
+  p.one_level_max_keys = options.one_level_max_keys;
   k.launch(p, grid_blocks(total_q, batch, k.block_m), static_cast<cudaStream_t>(stream));
 }
 

@@ -1,6 +1,6 @@
 // cuda::prefill against the CPU reference: lengths 1..16384, varlen batches, GQA 1/2/4/8, head dims
 // 64 and 128, causal and not, FP8 E4M3 (per-tensor and per-KV-head descales, with and without
-// two-level accumulation) and the BF16 variant. See test_prefill_common.h for the error bound.
+// two-level accumulation, and two-level in every CTA) and the BF16 variant. See test_prefill_common.h for the error bound.
 #include <gtest/gtest.h>
 
 #include <cstdio>
@@ -68,17 +68,28 @@ TEST(CudaPrefill, VarlenMixedLengthsAndPrefixes) {
   }
 }
 
-TEST(CudaPrefill, Fp8PerHeadDescalesAndOneLevelAccumulation) {
+// The three accumulation modes: the default (two-level in CTAs that read more than 512 keys, so
+// the 65-row sequence and the first CTAs of the others run one-level), two-level in every CTA, and
+// one-level everywhere.
+TEST(CudaPrefill, Fp8PerHeadDescalesAndAccumulationModes) {
   FP8KV_REQUIRE_GPU();
-  for (bool two_level : {true, false}) {
+  struct Mode {
+    const char* name;
+    bool two_level;
+    int one_level_max_keys;
+  };
+  const cuda::PrefillOptions defaults;
+  for (const Mode mode : {Mode{"default", true, defaults.one_level_max_keys}, Mode{"two-level everywhere", true, 0},
+                          Mode{"one-level", false, defaults.one_level_max_keys}}) {
     for (int d : {64, 128}) {
-      SCOPED_TRACE(::testing::Message() << "two_level=" << two_level << " d=" << d);
+      SCOPED_TRACE(::testing::Message() << mode.name << " d=" << d);
       cuda::PrefillOptions options;
-      options.two_level_accumulation = two_level;
-      const DenseProblem p = make_dense_problem({777, 2048}, {777, 2048}, 16, 4, d, true, DType::kFp8E4M3,
+      options.two_level_accumulation = mode.two_level;
+      options.one_level_max_keys = mode.one_level_max_keys;
+      const DenseProblem p = make_dense_problem({65, 777, 2048}, {65, 777, 2048}, 16, 4, d, true, DType::kFp8E4M3,
                                                 DescaleMode::kPerHead, test_seed());
       const ErrorReport e = check_dense(p, 300, options);
-      std::printf("[prefill two_level=%d] d=%d: rel err %.3e (naive %.3e)\n", two_level ? 1 : 0, d, e.gpu, e.naive);
+      std::printf("[prefill %s] d=%d: rel err %.3e (naive %.3e)\n", mode.name, d, e.gpu, e.naive);
       expect_within_bound(e);
     }
   }
@@ -105,6 +116,15 @@ TEST(CudaPrefill, RejectsUnsupportedAndBadArguments) {
     ADD_FAILURE() << "fp16 output accepted";
   } catch (const InvalidArgument& e) {
     EXPECT_EQ(e.argument(), "out");
+  }
+  a.out = buf.tensor(DType::kBFloat16, {4, 2, 128});
+  cuda::PrefillOptions negative;
+  negative.one_level_max_keys = -1;
+  try {
+    cuda::prefill(a, negative);
+    ADD_FAILURE() << "negative one_level_max_keys accepted";
+  } catch (const InvalidArgument& e) {
+    EXPECT_EQ(e.argument(), "one_level_max_keys");
   }
 }
 

@@ -292,9 +292,11 @@ __device__ void consumer(const PrefillParams& p, const WorkTile& t, const SmemVi
   }
   // Per-token V scales multiply P column-wise before P is quantised, so every tile's product must
   // be accumulated on its own (scaled back by the tile's largest V scale): always two-level then.
+  // Otherwise two-level is for CTAs whose chain of tiles is longer than p.one_level_max_keys.
   const bool token_scales = Traits::kPaged && p.k_token_scale != nullptr;
+  const bool long_chain = n_tiles * Traits::kBlockN > p.one_level_max_keys;
   if constexpr (Traits::kFp8) {
-    if (p.two_level || token_scales) {
+    if ((p.two_level && long_chain) || token_scales) {
       consumer_loop<Traits, true>(p, t, sm, n_tiles, warpgroup);
       return;
     }

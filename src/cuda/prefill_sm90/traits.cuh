@@ -117,6 +117,7 @@ struct PrefillParams {
   float softmax_scale_log2;  // softmax_scale * log2(e): the softmax runs on exp2
   bool causal;
   bool two_level;
+  int one_level_max_keys;  // two-level only in CTAs that read more keys than this (whole tiles)
 };
 
 }  // namespace fp8kv::cuda::sm90
