@@ -1,10 +1,16 @@
 // Which (sequence, query head, 128-row query block) a CTA computes.
 //
-// The grid is (an upper bound on the number of query blocks over all sequences, num_q_heads):
-// the host does not know the device-side cumulative lengths, but sum_b ceil(len_b / 128) <=
-// total_q / 128 + batch. Each CTA walks cu_seqlens_q to find its block; CTAs past the last block
-// exit at once. Within a sequence the blocks are handed out last-first, so that under causal
-// masking the longest blocks start first and the short ones fill the tail of the wave.
+// The grid is one-dimensional: num_q_heads x an upper bound on the number of query blocks over all
+// sequences (the host does not know the device-side cumulative lengths, but sum_b ceil(len_b /
+// 128) <= total_q / 128 + batch). Each CTA walks cu_seqlens_q to find its block; CTAs past the
+// last block exit at once. Within a sequence the blocks are handed out last-first, so that under
+// causal masking the longest blocks start first and the short ones fill the tail.
+// The heads are cut into sections of p.heads_per_section (whole KV-head groups, chosen on the
+// host so that a section's K/V fits comfortably in L2); the grid runs section after section, and
+// inside a section the head varies fastest: all its heads' first block, then their second, ...
+// So within a section the order is longest-first over all its heads, and heads that share a KV
+// head run side by side on the same K/V tiles. With one head after another instead, the last
+// heads' longest blocks started when most of the work was done and ran alone at the end.
 #pragma once
 
 #include <cstdint>
@@ -27,7 +33,11 @@ struct WorkTile {
 template <class Traits>
 __device__ __forceinline__ WorkTile get_work_tile(const PrefillParams& p) {
   WorkTile t{};
-  int remaining = static_cast<int>(blockIdx.x);
+  const int blocks_per_head = static_cast<int>(gridDim.x) / p.num_q_heads;
+  const int section_ctas = p.heads_per_section * blocks_per_head;
+  const int section = static_cast<int>(blockIdx.x) / section_ctas;
+  const int in_section = static_cast<int>(blockIdx.x) - section * section_ctas;
+  int remaining = in_section / p.heads_per_section;
   for (int b = 0; b < p.batch; ++b) {
     const int q0 = p.cu_seqlens_q[b];
     const int len_q = p.cu_seqlens_q[b + 1] - q0;
@@ -35,7 +45,7 @@ __device__ __forceinline__ WorkTile get_work_tile(const PrefillParams& p) {
     if (remaining < blocks) {
       t.valid = true;
       t.batch = b;
-      t.q_head = static_cast<int>(blockIdx.y);
+      t.q_head = section * p.heads_per_section + in_section % p.heads_per_section;
       t.m_block = blocks - 1 - remaining;
       t.q_start = q0;
       t.len_q = len_q;

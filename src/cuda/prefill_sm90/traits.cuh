@@ -113,6 +113,7 @@ struct PrefillParams {
   const float* v_descale;
   int q_descale_stride, k_descale_stride, v_descale_stride;
   int batch, num_q_heads, num_kv_heads, head_group;  // head_group = num_q_heads / num_kv_heads
+  int heads_per_section;  // query heads per grid section (tile_scheduler.cuh); divides num_q_heads
   int max_blocks_per_seq, block_size;
   float softmax_scale_log2;  // softmax_scale * log2(e): the softmax runs on exp2
   bool causal;
