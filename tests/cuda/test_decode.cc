@@ -234,6 +234,27 @@ struct DecodeProblem {
     }
     return e;
   }
+
+  // The check every decode test makes of the GPU output `got` of `plan`: no NaN or unwritten
+  // (poisoned) element; an empty sequence's row is zero; every other sequence's error against
+  // float64 attention is at most 2x the CPU reference's on the same cache, + kAbsTol.
+  void expect_within_bound(const std::vector<float>& got, const cuda::DecodePlan& plan) {
+    const std::vector<double> exact = exact_output();
+    ASSERT_EQ(testing::count_nan(got), 0u) << "unwritten (poisoned) or NaN output elements";
+    const std::vector<double> gpu_err = errors(got, exact);
+    const std::vector<double> ref_err = errors(reference_output(), exact);
+    const size_t row = static_cast<size_t>(num_q_heads) * c.head_dim;
+    for (int64_t b = 0; b < batch; ++b) {
+      const size_t i = static_cast<size_t>(b);
+      if (c.seq_lens[i] == 0) {
+        for (size_t j = 0; j < row; ++j) ASSERT_EQ(got[i * row + j], 0.0f) << "empty sequence " << b;
+        continue;
+      }
+      EXPECT_LE(gpu_err[i], 2.0 * ref_err[i] + kAbsTol)
+          << "sequence " << b << " (len " << c.seq_lens[i] << ", " << plan.num_splits(b) << " parts): GPU error "
+          << gpu_err[i] << " vs reference error " << ref_err[i];
+    }
+  }
 };
 
 // Runs one case through the plan/run API and checks it against both references.
@@ -245,23 +266,7 @@ void check_case(const DecodeCase& c, const cuda::DecodePlanOptions& options = {}
   const cuda::DecodePlan plan(args, c.seq_lens, options);
   plan.run(args);
   cuda::check_errors();
-  const std::vector<float> got = p.gpu_output();
-  const std::vector<float> ref = p.reference_output();
-  const std::vector<double> exact = p.exact_output();
-  ASSERT_EQ(testing::count_nan(got), 0u) << "unwritten (poisoned) or NaN output elements";
-  const std::vector<double> gpu_err = p.errors(got, exact);
-  const std::vector<double> ref_err = p.errors(ref, exact);
-  const size_t row = static_cast<size_t>(p.num_q_heads) * c.head_dim;
-  for (int64_t b = 0; b < p.batch; ++b) {
-    if (c.seq_lens[static_cast<size_t>(b)] == 0) {
-      for (size_t i = 0; i < row; ++i) ASSERT_EQ(got[static_cast<size_t>(b) * row + i], 0.0f) << "empty sequence " << b;
-      continue;
-    }
-    EXPECT_LE(gpu_err[static_cast<size_t>(b)], 2.0 * ref_err[static_cast<size_t>(b)] + kAbsTol)
-        << "sequence " << b << " (len " << c.seq_lens[static_cast<size_t>(b)] << ", " << plan.num_splits(b)
-        << " splits): GPU error " << gpu_err[static_cast<size_t>(b)] << " vs reference error "
-        << ref_err[static_cast<size_t>(b)];
-  }
+  p.expect_within_bound(p.gpu_output(), plan);
 }
 
 struct Format {
@@ -379,14 +384,7 @@ TEST(PagedDecode, BalancedPlanOfEqualLengths) {
   const cuda::DecodePlan plan(args, std::vector<int32_t>{19950, 19950, 19950}, options);
   plan.run(args);
   cuda::check_errors();
-  const std::vector<float> got = p.gpu_output();
-  const std::vector<double> exact = p.exact_output();
-  const std::vector<double> gpu_err = p.errors(got, exact);
-  const std::vector<double> ref_err = p.errors(p.reference_output(), exact);
-  ASSERT_EQ(testing::count_nan(got), 0u);
-  for (size_t b = 0; b < gpu_err.size(); ++b) {
-    EXPECT_LE(gpu_err[b], 2.0 * ref_err[b] + kAbsTol) << "sequence " << b << " (" << plan.num_splits(b) << " parts)";
-  }
+  p.expect_within_bound(p.gpu_output(), plan);
   options.balanced = 2;
   EXPECT_THROW(cuda::DecodePlan(args, std::vector<int32_t>{19950, 19950, 19950}, options), InvalidArgument);
 }
@@ -414,12 +412,7 @@ TEST(PagedDecode, GraphReplayWithGrowingLengths) {
   FP8KV_CUDA_CHECK(cudaGraphLaunch(exec, stream));
   FP8KV_CUDA_CHECK(cudaStreamSynchronize(stream));
   cuda::check_errors();
-  const std::vector<float> got = p.gpu_output();
-  const std::vector<double> exact = p.exact_output();
-  const std::vector<double> gpu_err = p.errors(got, exact);
-  const std::vector<double> ref_err = p.errors(p.reference_output(), exact);
-  ASSERT_EQ(testing::count_nan(got), 0u);
-  for (size_t b = 0; b < gpu_err.size(); ++b) EXPECT_LE(gpu_err[b], 2.0 * ref_err[b] + kAbsTol) << "sequence " << b;
+  p.expect_within_bound(p.gpu_output(), plan);
 
   // Past planned + headroom: reported, never read out of bounds.
   const std::vector<int32_t> too_long = {700, 3000 + 100};
