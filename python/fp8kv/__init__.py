@@ -390,18 +390,23 @@ def prefill(
     v_descale: Any = None,
     fp8_dtype: Optional[str] = None,
     two_level_accumulation: bool = True,
+    one_level_max_keys: Optional[int] = None,
     stream: Any = None,
 ) -> Any:
     """Dense variable-length attention (fresh prompts): ``q [total_q, num_q_heads, head_dim]``,
     ``k, v [total_k, num_kv_heads, head_dim]``, ``cu_seqlens_q/k [batch + 1] int32``. q/k/v are all
     bf16 (fp16/float32 on the CPU too) or all FP8 with optional descales (``[1]`` or
     ``[num_kv_heads]`` float32; x ~= stored * descale). Causal masking is bottom-right aligned.
-    Returns ``out [total_q, num_q_heads, head_dim]`` (bf16 after FP8 inputs in torch)."""
+    Returns ``out [total_q, num_q_heads, head_dim]`` (bf16 after FP8 inputs in torch).
+    ``two_level_accumulation`` and ``one_level_max_keys`` (>= 0; 0 = two-level in every thread
+    block; None = the library's default, 512) are the CUDA FP8 kernel's ``PrefillOptions``; the CPU
+    reference accumulates exactly."""
     (q, k, v), fmt = _fp8_input((q, k, v), fp8_dtype, ("q", "k", "v"))
     if out is None:
         out = _empty(q, tuple(q.shape), _out_dtype(q, fmt is not None))
     _ext.prefill(q, k, v, cu_seqlens_q, cu_seqlens_k, out, _softmax_scale(q.shape[-1], softmax_scale), causal,
-                 q_descale, k_descale, v_descale, fmt, two_level_accumulation, _stream(q, stream))
+                 q_descale, k_descale, v_descale, fmt, two_level_accumulation, one_level_max_keys,
+                 _stream(q, stream))
     return out
 
 
@@ -417,18 +422,20 @@ def paged_prefill(
     q_descale: Any = None,
     fp8_dtype: Optional[str] = None,
     two_level_accumulation: bool = True,
+    one_level_max_keys: Optional[int] = None,
     stream: Any = None,
 ) -> Any:
     """Chunked prefill / prefix reuse: new queries ``q [total_q, num_q_heads, head_dim]`` attend to
     their sequence's pages, which already hold the cached prefix and the new tokens (write them
     first with :func:`write_kv` or :func:`rope_quantize`). ``seq_lens`` counts all keys (prefix +
-    new); query i of a sequence sees keys ``j <= i + seq_len - len_q``."""
+    new); query i of a sequence sees keys ``j <= i + seq_len - len_q``. The accumulation options
+    are :func:`prefill`'s."""
     (q,), fmt = _fp8_input((q,), fp8_dtype, ("q",))
     if out is None:
         out = _empty(q, tuple(q.shape), _out_dtype(q, fmt is not None))
     _ext.paged_prefill(cache, layer, q, block_tables, cu_seqlens_q, seq_lens, out,
                        _softmax_scale(q.shape[-1], softmax_scale), q_descale, fmt, two_level_accumulation,
-                       _stream(q, stream))
+                       one_level_max_keys, _stream(q, stream))
     return out
 
 

@@ -26,9 +26,10 @@
 #include "fp8kv/reference.h"
 #include "fp8kv/scales.h"
 
+#include "fp8kv/cuda_prefill.h"  // PrefillOptions (declarations only; a CPU build has them too)
+
 #if defined(FP8KV_WITH_CUDA)
 #include "fp8kv/cuda.h"
-#include "fp8kv/cuda_prefill.h"
 #endif
 
 namespace nb = nanobind;
@@ -106,10 +107,20 @@ void paged_decode(PyKvCache& cache, int layer, const Array& q, const Array& bloc
 #endif
 }
 
+// cuda::PrefillOptions::one_level_max_keys from Python (None = the library's default), checked on
+// every path: the CPU reference has no such choice, but a bad value is an error there too.
+int one_level_max_keys_of(const std::optional<int>& value) {
+  const int keys = value.value_or(cuda::PrefillOptions{}.one_level_max_keys);
+  FP8KV_REQUIRE(keys >= 0, "one_level_max_keys", "must be >= 0 (0 = two-level in every CTA), got ", keys);
+  return keys;
+}
+
 void prefill(const Array& q, const Array& k, const Array& v, const Array& cu_seqlens_q, const Array& cu_seqlens_k,
              const Array& out, float softmax_scale, bool causal, const std::optional<Array>& q_descale,
              const std::optional<Array>& k_descale, const std::optional<Array>& v_descale,
-             const std::optional<std::string>& fp8_dtype, bool two_level_accumulation, uintptr_t stream) {
+             const std::optional<std::string>& fp8_dtype, bool two_level_accumulation,
+             const std::optional<int>& one_level_max_keys_arg, uintptr_t stream) {
+  const int one_level_max_keys = one_level_max_keys_of(one_level_max_keys_arg);
   const std::optional<DType> fp8 = parse_fp8_dtype(fp8_dtype);
   PrefillArgs args;
   args.q = to_tensor(q, "q", fp8);
@@ -132,9 +143,11 @@ void prefill(const Array& q, const Array& k, const Array& v, const Array& cu_seq
 #if defined(FP8KV_WITH_CUDA)
   cuda::PrefillOptions options;
   options.two_level_accumulation = two_level_accumulation;
+  options.one_level_max_keys = one_level_max_keys;
   cuda::prefill(args, options, as_stream(stream));
 #else
   (void)two_level_accumulation;
+  (void)one_level_max_keys;
   (void)stream;
   no_cuda_build("prefill");
 #endif
@@ -142,7 +155,9 @@ void prefill(const Array& q, const Array& k, const Array& v, const Array& cu_seq
 
 void paged_prefill(PyKvCache& cache, int layer, const Array& q, const Array& block_tables, const Array& cu_seqlens_q,
                    const Array& seq_lens, const Array& out, float softmax_scale, const std::optional<Array>& q_descale,
-                   const std::optional<std::string>& fp8_dtype, bool two_level_accumulation, uintptr_t stream) {
+                   const std::optional<std::string>& fp8_dtype, bool two_level_accumulation,
+                   const std::optional<int>& one_level_max_keys_arg, uintptr_t stream) {
+  const int one_level_max_keys = one_level_max_keys_of(one_level_max_keys_arg);
   PagedPrefillArgs args;
   args.q = to_tensor(q, "q", parse_fp8_dtype(fp8_dtype));
   args.cache = cache_layer(cache, layer);
@@ -161,9 +176,11 @@ void paged_prefill(PyKvCache& cache, int layer, const Array& q, const Array& blo
 #if defined(FP8KV_WITH_CUDA)
   cuda::PrefillOptions options;
   options.two_level_accumulation = two_level_accumulation;
+  options.one_level_max_keys = one_level_max_keys;
   cuda::paged_prefill(args, options, as_stream(stream));
 #else
   (void)two_level_accumulation;
+  (void)one_level_max_keys;
   (void)stream;
   no_cuda_build("paged_prefill");
 #endif
@@ -287,11 +304,13 @@ void bind_ops(nb::module_& m) {
   m.def("prefill", &prefill, nb::arg("q"), nb::arg("k"), nb::arg("v"), nb::arg("cu_seqlens_q"),
         nb::arg("cu_seqlens_k"), nb::arg("out"), nb::arg("softmax_scale"), nb::arg("causal") = true,
         nb::arg("q_descale") = nb::none(), nb::arg("k_descale") = nb::none(), nb::arg("v_descale") = nb::none(),
-        nb::arg("fp8_dtype") = nb::none(), nb::arg("two_level_accumulation") = true, nb::arg("stream") = 0);
+        nb::arg("fp8_dtype") = nb::none(), nb::arg("two_level_accumulation") = true,
+        nb::arg("one_level_max_keys") = nb::none(), nb::arg("stream") = 0);
   m.def("paged_prefill", &paged_prefill, nb::arg("cache"), nb::arg("layer"), nb::arg("q"), nb::arg("block_tables"),
         nb::arg("cu_seqlens_q"), nb::arg("seq_lens"), nb::arg("out"), nb::arg("softmax_scale"),
         nb::arg("q_descale") = nb::none(), nb::arg("fp8_dtype") = nb::none(),
-        nb::arg("two_level_accumulation") = true, nb::arg("stream") = 0);
+        nb::arg("two_level_accumulation") = true, nb::arg("one_level_max_keys") = nb::none(),
+        nb::arg("stream") = 0);
   m.def("rope_quantize", &rope_quantize, nb::arg("cache"), nb::arg("layer"), nb::arg("q"), nb::arg("k"),
         nb::arg("v"), nb::arg("positions"), nb::arg("rope"), nb::arg("slot_mapping"), nb::arg("q_out"),
         nb::arg("q_scale"), nb::arg("incoherent_processing") = false, nb::arg("hadamard_seed") = 0x5eed5eedull,

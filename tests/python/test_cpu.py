@@ -249,6 +249,12 @@ def test_prefill_matches_numpy(causal):
     np.testing.assert_allclose(out, want, rtol=0, atol=2e-6 * np.abs(want).max())
 
 
+def test_prefill_rejects_negative_one_level_max_keys():
+    q, k, v, cu_q, cu_k = varlen(rng(5), [3], [3], 2, 2, 64)
+    with pytest.raises(fp8kv.InvalidArgument, match="one_level_max_keys"):
+        fp8kv.prefill(q, k, v, cu_q, cu_k, one_level_max_keys=-1)
+
+
 @pytest.mark.parametrize("fp8_dtype", ["fp8_e4m3", "fp8_e5m2"])
 def test_fp8_prefill_matches_numpy(fp8_dtype):
     gen = rng(31)
