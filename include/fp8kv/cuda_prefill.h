@@ -21,6 +21,7 @@
 #include <cstdint>
 
 #include "fp8kv/attention.h"
+#include "fp8kv/error.h"
 
 namespace fp8kv::cuda {
 
@@ -42,6 +43,13 @@ struct PrefillOptions {
   // channels. Q.K is unchanged because the matrix is orthogonal; V is not rotated.
   bool incoherent_processing = false;
   uint64_t hadamard_seed = 0x5eed5eedull;  // picks the random signs
+
+  // Throws InvalidArgument naming the option that breaks its rule. Inline: the Python package
+  // checks options on its CPU path too, where this library's CUDA code is not built.
+  void validate() const {
+    FP8KV_REQUIRE(one_level_max_keys >= 0, "one_level_max_keys", "must be >= 0 (0 = two-level in every CTA), got ",
+                  one_level_max_keys);
+  }
 };
 
 // True if this build has a prefill kernel for the input dtype and head dim (dense or paged).

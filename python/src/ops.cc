@@ -107,20 +107,22 @@ void paged_decode(PyKvCache& cache, int layer, const Array& q, const Array& bloc
 #endif
 }
 
-// cuda::PrefillOptions::one_level_max_keys from Python (None = the library's default), checked on
-// every path: the CPU reference has no such choice, but a bad value is an error there too.
-int one_level_max_keys_of(const std::optional<int>& value) {
-  const int keys = value.value_or(cuda::PrefillOptions{}.one_level_max_keys);
-  FP8KV_REQUIRE(keys >= 0, "one_level_max_keys", "must be >= 0 (0 = two-level in every CTA), got ", keys);
-  return keys;
+// The CUDA prefill options from Python (None = the library's default), checked on every path: the
+// CPU reference has no such choices, but a bad value is an error there too.
+cuda::PrefillOptions prefill_options(bool two_level_accumulation, const std::optional<int>& one_level_max_keys) {
+  cuda::PrefillOptions options;
+  options.two_level_accumulation = two_level_accumulation;
+  options.one_level_max_keys = one_level_max_keys.value_or(options.one_level_max_keys);
+  options.validate();
+  return options;
 }
 
 void prefill(const Array& q, const Array& k, const Array& v, const Array& cu_seqlens_q, const Array& cu_seqlens_k,
              const Array& out, float softmax_scale, bool causal, const std::optional<Array>& q_descale,
              const std::optional<Array>& k_descale, const std::optional<Array>& v_descale,
              const std::optional<std::string>& fp8_dtype, bool two_level_accumulation,
-             const std::optional<int>& one_level_max_keys_arg, uintptr_t stream) {
-  const int one_level_max_keys = one_level_max_keys_of(one_level_max_keys_arg);
+             const std::optional<int>& one_level_max_keys, uintptr_t stream) {
+  const cuda::PrefillOptions options = prefill_options(two_level_accumulation, one_level_max_keys);
   const std::optional<DType> fp8 = parse_fp8_dtype(fp8_dtype);
   PrefillArgs args;
   args.q = to_tensor(q, "q", fp8);
@@ -141,13 +143,9 @@ void prefill(const Array& q, const Array& k, const Array& v, const Array& cu_seq
     return;
   }
 #if defined(FP8KV_WITH_CUDA)
-  cuda::PrefillOptions options;
-  options.two_level_accumulation = two_level_accumulation;
-  options.one_level_max_keys = one_level_max_keys;
   cuda::prefill(args, options, as_stream(stream));
 #else
-  (void)two_level_accumulation;
-  (void)one_level_max_keys;
+  (void)options;
   (void)stream;
   no_cuda_build("prefill");
 #endif
@@ -156,8 +154,8 @@ void prefill(const Array& q, const Array& k, const Array& v, const Array& cu_seq
 void paged_prefill(PyKvCache& cache, int layer, const Array& q, const Array& block_tables, const Array& cu_seqlens_q,
                    const Array& seq_lens, const Array& out, float softmax_scale, const std::optional<Array>& q_descale,
                    const std::optional<std::string>& fp8_dtype, bool two_level_accumulation,
-                   const std::optional<int>& one_level_max_keys_arg, uintptr_t stream) {
-  const int one_level_max_keys = one_level_max_keys_of(one_level_max_keys_arg);
+                   const std::optional<int>& one_level_max_keys, uintptr_t stream) {
+  const cuda::PrefillOptions options = prefill_options(two_level_accumulation, one_level_max_keys);
   PagedPrefillArgs args;
   args.q = to_tensor(q, "q", parse_fp8_dtype(fp8_dtype));
   args.cache = cache_layer(cache, layer);
@@ -174,13 +172,9 @@ void paged_prefill(PyKvCache& cache, int layer, const Array& q, const Array& blo
     return;
   }
 #if defined(FP8KV_WITH_CUDA)
-  cuda::PrefillOptions options;
-  options.two_level_accumulation = two_level_accumulation;
-  options.one_level_max_keys = one_level_max_keys;
   cuda::paged_prefill(args, options, as_stream(stream));
 #else
-  (void)two_level_accumulation;
-  (void)one_level_max_keys;
+  (void)options;
   (void)stream;
   no_cuda_build("paged_prefill");
 #endif

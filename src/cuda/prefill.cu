@@ -119,11 +119,6 @@ void check_cuda_tensor(const TensorRef& t, const char* name) {
   FP8KV_REQUIRE(t.device == Device::kCuda, name, "must be on the CUDA device for cuda::prefill");
 }
 
-void check_options(const PrefillOptions& options) {
-  FP8KV_REQUIRE(options.one_level_max_keys >= 0, "one_level_max_keys", "must be >= 0 (0 = two-level in every CTA), got ",
-                options.one_level_max_keys);
-}
-
 // Query heads per grid section (see tile_scheduler.cuh): under causal masking, as many whole
 // KV-head groups as keep the section's K/V (of a sequence of `keys` keys) within kSectionBytes of
 // L2, so that the blocks run longest-first over several heads; without masking every block costs
@@ -158,7 +153,7 @@ bool prefill_supported(DType dtype, int head_dim, bool paged) {
 
 void prefill(const PrefillArgs& args, const PrefillOptions& options, void* stream) {
   validate(args);
-  check_options(options);
+  options.validate();
   check_cuda_tensor(args.q, "q");
   FP8KV_REQUIRE(args.out.dtype == DType::kBFloat16, "out", "cuda::prefill writes bfloat16, got ", dtype_name(args.out.dtype));
   const int head_dim = static_cast<int>(args.q.size(2));
@@ -206,7 +201,7 @@ void prefill(const PrefillArgs& args, const PrefillOptions& options, void* strea
 
 void paged_prefill(const PagedPrefillArgs& args, const PrefillOptions& options, void* stream) {
   validate(args);
-  check_options(options);
+  options.validate();
   check_cuda_tensor(args.q, "q");
   FP8KV_REQUIRE(args.out.dtype == DType::kBFloat16, "out", "cuda::paged_prefill writes bfloat16, got ",
                 dtype_name(args.out.dtype));
