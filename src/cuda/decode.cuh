@@ -79,8 +79,9 @@ struct DecodeParams {
   int32_t balance_len;
   int32_t batch;
   int32_t chunk_tokens;          // keys per split
-  float* partial_o;              // [num_work, num_q_heads, head_dim] fp32, split results (normalised)
-  float* partial_lse;            // [num_work, num_q_heads] fp32, log2-sum-exp2 of each split's scores
+  float* partial_o;              // [rows, num_q_heads, head_dim] fp32, split results (normalised); rows =
+                                 // num_work, or 2 x num_work in the balanced plan (two segments a row)
+  float* partial_lse;            // [rows, num_q_heads] fp32, log2-sum-exp2 of each split's scores
   int32_t* split_counters;       // [batch, gridDim.x]: splits finished per (sequence, block column);
                                  // zero between runs (the last split resets its counter)
   uint32_t* error_flags;

@@ -39,9 +39,10 @@ __device__ __forceinline__ void pingpong_arrive_other(int warpgroup) {
 // Measured alternative (H100, 2026-11-24): waiting for P.V of tile i - 2 at the top of turn i,
 // behind the barrier waits, with P double-buffered, so that the softmax does run under P.V, was
 // 0.5% slower with two-level accumulation (ptxas spills 92 bytes) and 4.4% slower one-level
-// (geometric means over the 25 bench points): the fold or rescale then sits before the issue. The first and last turns are separate instantiations
-// (and two-level accumulation a template parameter) so that no wgmma sits on a runtime branch:
-// ptxas serialises every wgmma of a function that has one.
+// (geometric means over the 25 bench points): the fold or rescale then sits before the issue.
+// The first and last turns are separate instantiations (and two-level accumulation a template
+// parameter) so that no wgmma sits on a runtime branch: ptxas serialises every wgmma of a function
+// that has one.
 template <class Traits, bool kTwoLevel>
 __device__ void consumer_loop(const PrefillParams& p, const WorkTile& t, const SmemView<Traits>& sm, int n_tiles,
                               int warpgroup) {
