@@ -111,53 +111,65 @@ struct Timings {
   double fp8_us = 0, fp8_one_level_us = 0, fp8_two_level_everywhere_us = 0, bf16_us = 0;
 };
 
-// Median µs of fp8kv's kernels on one point: batch equal-length sequences, packed.
+// Median µs of fp8kv's kernels on one point: batch equal-length sequences, packed. The four
+// variants (FP8 default, one-level, two-level everywhere, BF16) are timed interleaved, so that they
+// see the same clocks and temperature.
 Timings time_fp8kv(const Point& p, const Options& o) {
   const int64_t total = static_cast<int64_t>(p.batch) * p.seq;
   const Shape& s = p.shape;
   const size_t q_elems = static_cast<size_t>(total) * s.num_q_heads * s.head_dim;
   const size_t kv_elems = static_cast<size_t>(total) * s.num_kv_heads * s.head_dim;
-  cuda_bench::DeviceBuffer q(q_elems * 2), k(kv_elems * 2), v(kv_elems * 2), out(q_elems * 2);
   std::vector<int32_t> cu(static_cast<size_t>(p.batch) + 1);
   for (int b = 0; b <= p.batch; ++b) cu[static_cast<size_t>(b)] = b * p.seq;
-  cuda_bench::DeviceBuffer d_cu(cu.size() * sizeof(int32_t)), descale(3 * sizeof(float));
+  cuda_bench::DeviceBuffer d_cu(cu.size() * sizeof(int32_t)), descale(3 * sizeof(float)), out(q_elems * 2);
   FP8KV_CUDA_CHECK(cudaMemcpy(d_cu.get(), cu.data(), cu.size() * sizeof(int32_t), cudaMemcpyHostToDevice));
   cuda_bench::fill_uniform(static_cast<float*>(descale.get()), 3, 0.01f, 0.02f, 7);
 
-  PrefillArgs a;
-  a.cu_seqlens_q = TensorRef(d_cu.get(), DType::kInt32, {p.batch + 1}, Device::kCuda);
-  a.cu_seqlens_k = a.cu_seqlens_q;
-  a.out = TensorRef(out.get(), DType::kBFloat16, {total, s.num_q_heads, s.head_dim}, Device::kCuda);
-  a.softmax_scale = 1.0f / std::sqrt(static_cast<float>(s.head_dim));
-  a.causal = p.causal;
-  Timings t;
-  for (DType dtype : {DType::kFp8E4M3, DType::kBFloat16}) {
-    cuda_bench::fill_random(q.get(), dtype, q_elems, 1);
-    cuda_bench::fill_random(k.get(), dtype, kv_elems, 2);
-    cuda_bench::fill_random(v.get(), dtype, kv_elems, 3);
-    a.q = TensorRef(q.get(), dtype, {total, s.num_q_heads, s.head_dim}, Device::kCuda);
-    a.k = TensorRef(k.get(), dtype, {total, s.num_kv_heads, s.head_dim}, Device::kCuda);
-    a.v = TensorRef(v.get(), dtype, {total, s.num_kv_heads, s.head_dim}, Device::kCuda);
+  // One set of Q/K/V per input dtype, random over the dtype's finite values.
+  struct Inputs {
+    cuda_bench::DeviceBuffer q, k, v;
+    Inputs(DType dtype, size_t q_elems, size_t kv_elems)
+        : q(q_elems * dtype_size(dtype)), k(kv_elems * dtype_size(dtype)), v(kv_elems * dtype_size(dtype)) {
+      cuda_bench::fill_random(q.get(), dtype, q_elems, 1);
+      cuda_bench::fill_random(k.get(), dtype, kv_elems, 2);
+      cuda_bench::fill_random(v.get(), dtype, kv_elems, 3);
+    }
+  };
+  const Inputs fp8(DType::kFp8E4M3, q_elems, kv_elems), bf16(DType::kBFloat16, q_elems, kv_elems);
+  auto args_for = [&](DType dtype, const Inputs& in) {
+    PrefillArgs a;
+    a.cu_seqlens_q = TensorRef(d_cu.get(), DType::kInt32, {p.batch + 1}, Device::kCuda);
+    a.cu_seqlens_k = a.cu_seqlens_q;
+    a.out = TensorRef(out.get(), DType::kBFloat16, {total, s.num_q_heads, s.head_dim}, Device::kCuda);
+    a.softmax_scale = 1.0f / std::sqrt(static_cast<float>(s.head_dim));
+    a.causal = p.causal;
+    a.q = TensorRef(in.q.get(), dtype, {total, s.num_q_heads, s.head_dim}, Device::kCuda);
+    a.k = TensorRef(in.k.get(), dtype, {total, s.num_kv_heads, s.head_dim}, Device::kCuda);
+    a.v = TensorRef(in.v.get(), dtype, {total, s.num_kv_heads, s.head_dim}, Device::kCuda);
     if (dtype == DType::kFp8E4M3) {
       float* ds = static_cast<float*>(descale.get());
       a.q_descale = TensorRef(ds, DType::kFloat32, {1}, Device::kCuda);
       a.k_descale = TensorRef(ds + 1, DType::kFloat32, {1}, Device::kCuda);
       a.v_descale = TensorRef(ds + 2, DType::kFloat32, {1}, Device::kCuda);
-      // The default (two-level where a CTA reads more than 512 keys), one-level, and two-level in
-      // every CTA (the strict form the 16k targets are also read against).
-      cuda::PrefillOptions two_level, one_level, everywhere;
-      one_level.two_level_accumulation = false;
-      everywhere.one_level_max_keys = 0;
-      t.fp8_us = cuda_bench::time_median_us([&] { cuda::prefill(a, two_level); }, o.warmup, o.repeats);
-      t.fp8_one_level_us = cuda_bench::time_median_us([&] { cuda::prefill(a, one_level); }, o.warmup, o.repeats);
-      t.fp8_two_level_everywhere_us =
-          cuda_bench::time_median_us([&] { cuda::prefill(a, everywhere); }, o.warmup, o.repeats);
-    } else {
-      a.q_descale = a.k_descale = a.v_descale = TensorRef();
-      t.bf16_us = cuda_bench::time_median_us([&] { cuda::prefill(a); }, o.warmup, o.repeats);
     }
-  }
+    return a;
+  };
+  const PrefillArgs a8 = args_for(DType::kFp8E4M3, fp8), a16 = args_for(DType::kBFloat16, bf16);
+  // The default (two-level where a CTA reads more than 512 keys), one-level, and two-level in every
+  // CTA (the strict form the 16k targets are also read against).
+  cuda::PrefillOptions two_level, one_level, everywhere;
+  one_level.two_level_accumulation = false;
+  everywhere.one_level_max_keys = 0;
+  const std::vector<double> us = cuda_bench::time_interleaved_median_us(
+      {[&] { cuda::prefill(a8, two_level); }, [&] { cuda::prefill(a8, one_level); },
+       [&] { cuda::prefill(a8, everywhere); }, [&] { cuda::prefill(a16); }},
+      o.warmup, o.repeats);
   FP8KV_CUDA_CHECK(cudaDeviceSynchronize());
+  Timings t;
+  t.fp8_us = us[0];
+  t.fp8_one_level_us = us[1];
+  t.fp8_two_level_everywhere_us = us[2];
+  t.bf16_us = us[3];
   return t;
 }
 
@@ -221,9 +233,9 @@ void run_bench(const Options& o) {
     j["date"] = date;
   }
   j["method"] = "CUDA events, median of " + std::to_string(o.repeats) + " single runs after " +
-                std::to_string(o.warmup) + " warm-up runs, 256 MiB L2 flush before each; equal-length packed "
-                "sequences; TFLOP/s = 4*batch*h_q*L^2*d (/2 causal) / time; fp8 = E4M3 Q/K/V with per-tensor "
-                "descales, bf16 out";
+                std::to_string(o.warmup) + " warm-up runs, 256 MiB L2 flush before each; fp8kv's four variants "
+                "interleaved run by run; equal-length packed sequences; TFLOP/s = 4*batch*h_q*L^2*d (/2 causal) / "
+                "time; fp8 = E4M3 Q/K/V with per-tensor descales, bf16 out";
   std::string peer_status = "disabled (--no-peers)";
   std::map<std::string, std::map<std::string, double>> peers;
   if (o.peers) peers = run_peers(o, points, &peer_status);

@@ -97,30 +97,43 @@ unsigned grid_for(size_t items) {
 }  // namespace
 
 double time_median_us(const std::function<void()>& fn, int warmup, int repeats) {
-  for (int i = 0; i < warmup; ++i) fn();
+  return time_interleaved_median_us({fn}, warmup, repeats).front();
+}
+
+std::vector<double> time_interleaved_median_us(const std::vector<std::function<void()>>& fns, int warmup,
+                                               int repeats) {
+  for (int i = 0; i < warmup; ++i) {
+    for (const auto& fn : fns) fn();
+  }
   FP8KV_CUDA_CHECK(cudaDeviceSynchronize());
   cudaEvent_t start, stop;
   FP8KV_CUDA_CHECK(cudaEventCreate(&start));
   FP8KV_CUDA_CHECK(cudaEventCreate(&stop));
-  std::vector<float> times;
+  std::vector<std::vector<float>> times(fns.size());
   for (int i = 0; i < repeats; ++i) {
-    // Flush by reading, not writing: a memset would leave the L2 full of dirty lines whose
-    // write-back then lands inside the timed region and penalises short kernels.
-    read_kernel<<<132 * 8, 512>>>(static_cast<const uint4*>(scratch().flush), kL2FlushBytes / sizeof(uint4),
-                                  scratch().sink);
-    FP8KV_CUDA_CHECK_LAUNCH();
-    FP8KV_CUDA_CHECK(cudaEventRecord(start));
-    fn();
-    FP8KV_CUDA_CHECK(cudaEventRecord(stop));
-    FP8KV_CUDA_CHECK(cudaEventSynchronize(stop));
-    float ms = 0.0f;
-    FP8KV_CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop));
-    times.push_back(ms * 1000.0f);
+    for (size_t f = 0; f < fns.size(); ++f) {
+      // Flush by reading, not writing: a memset would leave the L2 full of dirty lines whose
+      // write-back then lands inside the timed region and penalises short kernels.
+      read_kernel<<<132 * 8, 512>>>(static_cast<const uint4*>(scratch().flush), kL2FlushBytes / sizeof(uint4),
+                                    scratch().sink);
+      FP8KV_CUDA_CHECK_LAUNCH();
+      FP8KV_CUDA_CHECK(cudaEventRecord(start));
+      fns[f]();
+      FP8KV_CUDA_CHECK(cudaEventRecord(stop));
+      FP8KV_CUDA_CHECK(cudaEventSynchronize(stop));
+      float ms = 0.0f;
+      FP8KV_CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop));
+      times[f].push_back(ms * 1000.0f);
+    }
   }
   FP8KV_CUDA_CHECK(cudaEventDestroy(start));
   FP8KV_CUDA_CHECK(cudaEventDestroy(stop));
-  std::sort(times.begin(), times.end());
-  return times[times.size() / 2];
+  std::vector<double> medians;
+  for (auto& t : times) {
+    std::sort(t.begin(), t.end());
+    medians.push_back(t[t.size() / 2]);
+  }
+  return medians;
 }
 
 double measure_read_bandwidth_gbs(size_t bytes, int repeats) {

@@ -5,6 +5,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <functional>
+#include <vector>
 
 #include "fp8kv/dtype.h"
 
@@ -43,6 +44,12 @@ void fill_uniform(float* ptr, size_t count, float lo, float hi, uint64_t seed);
 // events one call at a time after `warmup` calls, with the L2 cache flushed (by reading 256 MiB)
 // before every call.
 double time_median_us(const std::function<void()>& fn, int warmup, int repeats);
+
+// The same for several functions compared with each other, interleaved: every warm-up and every
+// timed round calls each of them in turn, so a drift of the GPU's clocks or temperature over the
+// measurement reaches all of them alike instead of whichever was timed first. Medians, in order.
+std::vector<double> time_interleaved_median_us(const std::vector<std::function<void()>>& fns, int warmup,
+                                               int repeats);
 
 // Name of the current device ("NVIDIA H100 80GB HBM3") and its free / total memory.
 const char* device_name();
