@@ -12,8 +12,9 @@
 // B fragments. Which channels a lane holds only has to agree between Q and K, so both use the
 // channel order the 16-byte loads give. P.V runs on the tensor cores too for FP8 storage (O^T =
 // V^T P^T, the probabilities already sitting in B-fragment order); 16-bit storage does it on the
-// CUDA cores in a row layout. K/V vectors (and per-token scales) stream through a per-warp ring of
-// shared-memory stages filled by cp.async, several iterations ahead of the compute. Every lane
+// CUDA cores in a row layout. K/V vectors, per-token scales and the block ids of a later iteration
+// stream through a per-warp ring of shared-memory stages filled by cp.async, several iterations
+// ahead of the compute. Every lane
 // keeps the online-softmax state of its head (m, l) and its part of the output; states are merged
 // across lanes (shuffles) and warps (shared memory) once at the end.
 //
@@ -107,6 +108,12 @@ __device__ __forceinline__ void cp_async_8(void* smem, const void* global, bool 
                : "memory");
 }
 
+__device__ __forceinline__ void cp_async_4(void* smem, const void* global, bool valid) {
+  const uint32_t dst = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;" ::"r"(dst), "l"(global), "r"(valid ? 4 : 0)
+               : "memory");
+}
+
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
 
 template <int kPending>
@@ -166,7 +173,9 @@ __device__ __forceinline__ void k_fragment(const uint4& vec, int step, uint32_t&
 }
 
 // Bytes of K/V stages kept in flight per thread block (all warps): 3 CTAs of the main kernel fit one
-// SM's 228 KB of shared memory with it.
+// SM's 228 KB of shared memory with it (the warps' merge buffers reuse the ring). 72 KB, which gives
+// FP8 at head_dim 128 four stages instead of three, measured 0.4-4% slower on the H100 (batch 1 to
+// 128, per-tensor and per-token scales).
 constexpr int kRingBytesPerBlock = 64 * 1024;
 
 // Work geometry of the decode kernel for one storage type and head dim.
@@ -191,12 +200,14 @@ struct DecodeTile {
   // One stage of a warp's ring: its K vectors as [vector][lane]; then V, either as [vector][lane]
   // (CUDA-core P.V) or as token rows padded by 16 bytes (tensor-core P.V reads 4-byte words of 4
   // tokens per lane: the padding spreads the 4 tokens of a load over distinct banks); then the
-  // per-token K and V scales as [step][K|V][lane] float2 (tokens 2c and 2c+1 of each step).
+  // per-token K and V scales as [step][K|V][8 tokens] floats (one 8-byte copy per lane fills them);
+  // then the block ids of the iteration kStages - 1 later ([kSteps] int32 in 16 bytes).
   static constexpr int kKStageVectors = kSteps * kKVectors;
   static constexpr int kVPitch = kHeadDim * static_cast<int>(sizeof(Storage)) + 16;
   static constexpr int kVRegionBytes = kPvMma ? kSteps * 8 * kVPitch : kSteps * kVLoads * 32 * 16;
   static constexpr int kScaleOffset = kKStageVectors * 32 * 16 + kVRegionBytes;
-  static constexpr int kStageBytes = kScaleOffset + kSteps * 2 * 32 * 8;
+  static constexpr int kIdOffset = kScaleOffset + kSteps * 2 * 8 * static_cast<int>(sizeof(float));
+  static constexpr int kStageBytes = kIdOffset + 16;
   static constexpr int kStages = kRingBytesPerBlock / (kDecodeWarps * kStageBytes) > 4   ? 4
                                  : kRingBytesPerBlock / (kDecodeWarps * kStageBytes) < 2 ? 2
                                                                                          : kRingBytesPerBlock / (kDecodeWarps * kStageBytes);
@@ -204,6 +215,7 @@ struct DecodeTile {
   static_assert(kRowVectors % 4 == 0 && kRowVectors <= 32, "head_dim of 64, 128 or 256");
   static_assert(kStageBytes % 16 == 0 && kVPitch % 16 == 0, "stages and V rows stay 16-byte aligned");
   static_assert(!kPvMma || kSteps % 2 == 0, "tensor-core P.V takes steps in pairs");
+  static_assert(kSteps <= 4, "a step's scales take 8 lanes of one copy; its block id 4 of 16 bytes");
 };
 
 // One thread block's share of one sequence for its block column: keys [t_begin, t_stop) (t_stop
@@ -245,7 +257,8 @@ __device__ __forceinline__ void decode_segment(const DecodeParams& p, const Deco
   static_assert(kGroup <= 8, "query heads fill at most the first 8 rows of the m16 tile");
   static_assert(kGroup <= max_decode_group(Traits::kIsFp8, kHeadDim), "register budget: see max_decode_group()");
 
-  __shared__ float smem_acc[kDecodeWarps][kGroup][kHeadDim];
+  static_assert(kGroup * kHeadDim * static_cast<int>(sizeof(float)) <= kStages * Tile::kStageBytes,
+                "a warp's merge buffer fits in its ring");
   __shared__ float smem_m[kDecodeWarps][kGroup];
   __shared__ float smem_l[kDecodeWarps][kGroup];
 
@@ -265,24 +278,25 @@ __device__ __forceinline__ void decode_segment(const DecodeParams& p, const Deco
   int seq_len = p.seq_lens[seq];
   const int32_t* table = p.block_tables + static_cast<int64_t>(seq) * p.max_blocks_per_seq;
   // Segments start at multiples of 16 and warp tiles at multiples of 8: the 8 tokens of a step
-  // share one page (block sizes are powers of two >= 16). The block ids of an iteration are read
-  // one iteration before its copies are issued, so the table's latency is off the copy path. They
-  // are read up to the segment's planned end (inside the table row whatever the device length
-  // says); issue() only uses those of tokens below the length.
+  // share one page (block sizes are powers of two >= 16). The block ids of the first kStages - 1
+  // iterations are loaded here; those of iteration it + kStages - 1 are copied into the ring with
+  // iteration it's pages (issue()), so they have landed when the warp is about to issue that
+  // iteration's copies: the table's latency is hidden as deep as the pages'. (Loaded into registers
+  // one iteration ahead instead, the warps waited on them more than on the pages: 17% of the stall
+  // samples at batch 128 x 4k.) They are read up to the segment's planned end (inside the table row
+  // whatever the device length says); issue() only uses those of tokens below the length.
   const int64_t table_capacity = static_cast<int64_t>(p.max_blocks_per_seq) << p.log2_block_size;
   const int64_t lookup_end = min(table_capacity, static_cast<int64_t>(seg.t_stop));
   const int warp_begin = t_begin + warp * kWarpTile;
-  auto lookup = [&](int it, int32_t (&ids)[kSteps]) {
-    const int tile = warp_begin + it * kBlockTile;
-#pragma unroll
-    for (int u = 0; u < kSteps; ++u) {
-      const int step = tile + 8 * u;
-      ids[u] = step < lookup_end ? __ldg(table + (step >> p.log2_block_size)) : 0;
-    }
-  };
   int32_t first_ids[kStages - 1][kSteps];
 #pragma unroll
-  for (int it = 0; it < kStages - 1; ++it) lookup(it, first_ids[it]);
+  for (int it = 0; it < kStages - 1; ++it) {
+#pragma unroll
+    for (int u = 0; u < kSteps; ++u) {
+      const int step = warp_begin + it * kBlockTile + 8 * u;
+      first_ids[it][u] = step < lookup_end ? __ldg(table + (step >> p.log2_block_size)) : 0;
+    }
+  }
 
   const float k_static = p.scales.k_of_head(kv_head);
   const float v_static = p.scales.v_of_head(kv_head);
@@ -399,8 +413,10 @@ __device__ __forceinline__ void decode_segment(const DecodeParams& p, const Deco
   auto issue = [&](int it, const int32_t (&ids)[kSteps]) {
     const int tile = warp_begin + it * kBlockTile;
     uint4* stage = ring + (it % kStages) * (Tile::kStageBytes / 16);
+    uint8_t* stage_bytes = reinterpret_cast<uint8_t*>(stage);
     uint8_t* v_rows = reinterpret_cast<uint8_t*>(stage + Tile::kKStageVectors * 32);
-    float2* stage_scales = reinterpret_cast<float2*>(reinterpret_cast<uint8_t*>(stage) + Tile::kScaleOffset);
+    [[maybe_unused]] int64_t scale_offset[kSteps];
+    [[maybe_unused]] bool scale_ok[kSteps];
 #pragma unroll
     for (int u = 0; u < kSteps; ++u) {
       const int step = tile + 8 * u;
@@ -426,16 +442,34 @@ __device__ __forceinline__ void decode_segment(const DecodeParams& p, const Deco
                                  : static_cast<void*>(stage + (Tile::kKStageVectors + u * kVLoads + i) * 32 + lane);
         cp_async_16(dst, v_page + t * kHeadDim + v_c0, ok && step + t < t_end);
       }
-      if (per_token) {
-        const int64_t s = p.layout.token_scale_offset(block, kv_head, position0) + 2 * quad_col;
-        cp_async_8(stage_scales + (2 * u) * 32 + lane, p.scales.k_token + s, ok);
-        cp_async_8(stage_scales + (2 * u + 1) * 32 + lane, p.scales.v_token + s, ok);
+      scale_offset[u] = p.layout.token_scale_offset(block, kv_head, position0);
+      scale_ok[u] = ok;
+    }
+    // Per-token scales: lane 8u + 4kv + j copies the scales of tokens 2j, 2j+1 of step u's K (kv 0)
+    // or V (kv 1) row, one instruction for all of them (their 32-byte rows are contiguous).
+    if (per_token && lane < 8 * kSteps) {
+      const int u = lane / 8;
+      int64_t offset = scale_offset[0];
+      bool ok = scale_ok[0];
+#pragma unroll
+      for (int uu = 1; uu < kSteps; ++uu) {
+        if (u == uu) {
+          offset = scale_offset[uu];
+          ok = scale_ok[uu];
+        }
       }
+      const float* scales = (lane & 4) != 0 ? p.scales.v_token : p.scales.k_token;
+      cp_async_8(stage_bytes + Tile::kScaleOffset + 8 * lane, scales + offset + 2 * (lane & 3), ok);
+    }
+    // The block ids of iteration it + kStages - 1 (read when this stage is consumed).
+    if (lane < kSteps) {
+      const int step = warp_begin + (it + kStages - 1) * kBlockTile + 8 * lane;
+      const bool valid = step < lookup_end;
+      cp_async_4(stage_bytes + Tile::kIdOffset + 4 * lane, table + (valid ? (step >> p.log2_block_size) : 0), valid);
     }
     cp_async_commit();
   };
 
-  int32_t ids[kSteps];
 #pragma unroll
   for (int it = 0; it < kStages - 1; ++it) {
     if (it < iterations) {
@@ -444,20 +478,22 @@ __device__ __forceinline__ void decode_segment(const DecodeParams& p, const Deco
       cp_async_commit();  // empty groups keep the wait count below uniform
     }
   }
-  lookup(kStages - 1, ids);
   for (int it = 0; it < iterations; ++it) {
     // Groups committed so far: it + kStages - 1; iteration it's copies have landed once at most
     // kStages - 2 are pending.
     cp_async_wait<kStages - 2>();
     __syncwarp();
+    const int tile = warp_begin + it * kBlockTile;
+    const uint4* stage = ring + (it % kStages) * (Tile::kStageBytes / 16);
     if (it + kStages - 1 < iterations) {
+      const int32_t* stage_ids = reinterpret_cast<const int32_t*>(reinterpret_cast<const uint8_t*>(stage) + Tile::kIdOffset);
+      int32_t ids[kSteps];
+#pragma unroll
+      for (int u = 0; u < kSteps; ++u) ids[u] = stage_ids[u];
       issue(it + kStages - 1, ids);
-      lookup(it + kStages, ids);
     } else {
       cp_async_commit();
     }
-    const int tile = warp_begin + it * kBlockTile;
-    const uint4* stage = ring + (it % kStages) * (Tile::kStageBytes / 16);
     const uint8_t* v_rows = reinterpret_cast<const uint8_t*>(stage + Tile::kKStageVectors * 32);
     const float2* stage_scales =
         reinterpret_cast<const float2*>(reinterpret_cast<const uint8_t*>(stage) + Tile::kScaleOffset);
@@ -473,8 +509,8 @@ __device__ __forceinline__ void decode_segment(const DecodeParams& p, const Deco
       for (int i = 0; i < kVLoads; ++i) {
         if constexpr (!Tile::kPvMma) v_vec[u][i] = stage[(Tile::kKStageVectors + u * kVLoads + i) * 32 + lane];
       }
-      k_tok[u] = per_token ? stage_scales[(2 * u) * 32 + lane] : make_float2(1.0f, 1.0f);
-      v_tok[u] = per_token ? stage_scales[(2 * u + 1) * 32 + lane] : make_float2(1.0f, 1.0f);
+      k_tok[u] = per_token ? stage_scales[8 * u + quad_col] : make_float2(1.0f, 1.0f);
+      v_tok[u] = per_token ? stage_scales[8 * u + 4 + quad_col] : make_float2(1.0f, 1.0f);
     }
 
     // Scores (log2 units): lane (r, c) gets head r's scores of tokens 2c, 2c+1 of each step.
@@ -626,6 +662,14 @@ __device__ __forceinline__ void decode_segment(const DecodeParams& p, const Deco
   // The softmax sum is spread over each head's quad.
   l += __shfl_xor_sync(0xffffffffu, l, 1);
   l += __shfl_xor_sync(0xffffffffu, l, 2);
+  // Each warp's [kGroup][kHeadDim] output goes to the start of its own ring, once its copies have
+  // landed (the groups after its last iteration are empty) and its lanes are done reading stages.
+  cp_async_wait<0>();
+  __syncwarp();
+  auto warp_acc = [&](int w) {
+    return reinterpret_cast<float(*)[kHeadDim]>(decode_ring + static_cast<size_t>(w) * kStages * (Tile::kStageBytes / 16));
+  };
+  float(*own_acc)[kHeadDim] = warp_acc(warp);
   if constexpr (Tile::kPvMma) {
     const float acc_unit = per_token ? v_ref : 1.0f;  // warps differ in v_ref: back to absolute units
 #pragma unroll
@@ -634,7 +678,7 @@ __device__ __forceinline__ void decode_segment(const DecodeParams& p, const Deco
       for (int e = 0; e < 4; ++e) {
         const int head = 2 * quad_col + (e & 1);
         const int channel = 32 * (a / 2) + 4 * quad_row + 2 * (a % 2) + (e >> 1);
-        if (head < kGroup) smem_acc[warp][head][channel] = acc[a][e] * acc_unit;
+        if (head < kGroup) own_acc[head][channel] = acc[a][e] * acc_unit;
       }
     }
   } else {
@@ -652,7 +696,7 @@ __device__ __forceinline__ void decode_segment(const DecodeParams& p, const Deco
 #pragma unroll
       for (int g = 0; g < kGroup; ++g) {
 #pragma unroll
-        for (int e = 0; e < kE; ++e) smem_acc[warp][g][v_c0 + e] = acc[g][e];
+        for (int e = 0; e < kE; ++e) own_acc[g][v_c0 + e] = acc[g][e];
       }
     }
   }
@@ -677,7 +721,7 @@ __device__ __forceinline__ void decode_segment(const DecodeParams& p, const Deco
     for (int w = 0; w < kDecodeWarps; ++w) {
       const float weight = exp2f(smem_m[w][g] - m_ref);
       l_sum += smem_l[w][g] * weight;
-      o += smem_acc[w][g][c] * weight;
+      o += warp_acc(w)[g][c] * weight;
     }
     // No keys (empty sequence or split): the output is zero, by definition (attention.h).
     o = l_sum > 0.0f ? o / l_sum * v_static : 0.0f;
