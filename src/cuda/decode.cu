@@ -24,11 +24,12 @@ constexpr int kMinChunkTokens = 256;
 constexpr int kChunkGranularity = 128;
 // Splitting sequences to fill the last of several waves (see the plan): at most this many pieces,
 // each at least kMinBalanceChunkTokens long, and only for a last-wave fill better by kMinFillGain.
-// 1024 rather than 2048 lets batch 128 x 4k run as 3 pieces of 1408 keys (7.8 waves, not 2.6):
-// measured 2-3% faster on the H100 (402.9 -> 395.9 us, llama shape).
+// 1024 rather than 2048 lets batch 128 x 4k run as 3 pieces of 1408 keys (7.8 waves, not 2.6) with
+// 3 blocks per SM: measured 2-3% faster on the H100 (402.9 -> 395.9 us, llama shape). With 4 per SM
+// (FP8, head_dim 128) whole sequences already fill 1.94 waves, and no split is taken.
 constexpr int kMaxBalanceSplits = 4;
-// Blocks per SM that the splits of long sequences aim at, when fewer than the resident limit (3 for
-// the FP8 kernels): two blocks per SM already keep enough K/V bytes in flight, and fewer, longer
+// Blocks per SM that the splits of long sequences aim at, when fewer than the resident limit (3 or 4
+// for the FP8 kernels): two blocks per SM already keep enough K/V bytes in flight, and fewer, longer
 // splits cost fewer block starts and a cheaper merge. Measured on the H100 against aiming at 3:
 // batch 1 and 8 up to 9% faster (1 x 128k 105.8 vs 108.7 us), batch 32 unchanged.
 constexpr int kSplitBlocksPerSm = 2;
