@@ -95,6 +95,50 @@ TEST(CudaPrefill, Fp8PerHeadDescalesAndAccumulationModes) {
   }
 }
 
+// The persistent CTAs draw work tiles from a counter that the kernel resets itself, so a launch
+// captured in a CUDA graph must give the same output on every replay, also when other launches of
+// the same kernel (another shape, another counter) run between the replays. The output is
+// deterministic (each query block is computed by one CTA in a fixed key order): compared bit for
+// bit against a direct launch.
+TEST(CudaPrefill, GraphReplayMatchesDirectLaunch) {
+  FP8KV_REQUIRE_GPU();
+  for (DType dtype : {DType::kFp8E4M3, DType::kBFloat16}) {
+    SCOPED_TRACE(dtype_name(dtype));
+    const DenseProblem p = make_dense_problem({1000, 64, 2048, 65, 300}, {1000, 64, 2048, 65, 300}, 16, 4, 128, true,
+                                              dtype, DescaleMode::kPerHead, test_seed());
+    const DenseProblem other = make_dense_problem({777}, {900}, 8, 2, 128, false, dtype, DescaleMode::kPerHead,
+                                                  test_seed() + 1);
+    DenseOnDevice dev(p), dev_other(other);
+    dev.out.poison();
+    cuda::prefill(dev.args);
+    FP8KV_CUDA_CHECK(cudaDeviceSynchronize());
+    const std::vector<float> direct = dev.output();
+    ASSERT_EQ(count_nan(direct), 0u);
+
+    cudaStream_t stream;
+    FP8KV_CUDA_CHECK(cudaStreamCreate(&stream));
+    cudaGraph_t graph;
+    cudaGraphExec_t exec;
+    FP8KV_CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
+    cuda::prefill(dev.args, {}, stream);
+    FP8KV_CUDA_CHECK(cudaStreamEndCapture(stream, &graph));
+    FP8KV_CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
+    for (int replay = 0; replay < 3; ++replay) {
+      dev.out.poison();
+      FP8KV_CUDA_CHECK(cudaGraphLaunch(exec, stream));
+      cuda::prefill(dev_other.args, {}, stream);
+      FP8KV_CUDA_CHECK(cudaStreamSynchronize(stream));
+      const std::vector<float> replayed = dev.output();
+      size_t mismatches = 0;
+      for (size_t i = 0; i < direct.size(); ++i) mismatches += direct[i] != replayed[i] ? 1 : 0;
+      EXPECT_EQ(mismatches, 0u) << "replay " << replay << " differs from the direct launch";
+    }
+    FP8KV_CUDA_CHECK(cudaGraphExecDestroy(exec));
+    FP8KV_CUDA_CHECK(cudaGraphDestroy(graph));
+    FP8KV_CUDA_CHECK(cudaStreamDestroy(stream));
+  }
+}
+
 TEST(CudaPrefill, RejectsUnsupportedAndBadArguments) {
   FP8KV_REQUIRE_GPU();
   DenseProblem p = make_dense_problem({4}, {4}, 2, 2, 128, true, DType::kFp8E4M3, DescaleMode::kNone, test_seed());

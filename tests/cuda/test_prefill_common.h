@@ -240,39 +240,56 @@ inline std::vector<float> naive_on_slice(const DenseProblem& p, const RowSlice& 
   return out;
 }
 
+// A DenseProblem's device copy and the PrefillArgs that describe it.
+struct DenseOnDevice {
+  DeviceBuffer<uint8_t> q, k, v;
+  DeviceBuffer<int32_t> cu_q, cu_k;
+  DeviceBuffer<Bf16> out;
+  DeviceBuffer<float> q_ds, k_ds, v_ds;
+  PrefillArgs args;
+
+  explicit DenseOnDevice(const DenseProblem& p)
+      : q(p.q.size()),
+        k(std::max<size_t>(p.k.size(), 1)),
+        v(std::max<size_t>(p.v.size(), 1)),
+        cu_q(p.cu_q),
+        cu_k(p.cu_k),
+        out(static_cast<size_t>(p.total_q() * p.hq * p.d)),
+        q_ds(std::max<size_t>(p.q_ds.size(), 1)),
+        k_ds(std::max<size_t>(p.k_ds.size(), 1)),
+        v_ds(std::max<size_t>(p.v_ds.size(), 1)) {
+    q.upload(p.q);
+    if (!p.k.empty()) {
+      k.upload(p.k);
+      v.upload(p.v);
+    }
+    args.q = q.tensor(p.dtype, {p.total_q(), p.hq, p.d});
+    args.k = k.tensor(p.dtype, {p.total_k(), p.hk, p.d});
+    args.v = v.tensor(p.dtype, {p.total_k(), p.hk, p.d});
+    args.cu_seqlens_q = cu_q.tensor(DType::kInt32, {static_cast<int64_t>(p.cu_q.size())});
+    args.cu_seqlens_k = cu_k.tensor(DType::kInt32, {static_cast<int64_t>(p.cu_k.size())});
+    args.out = out.tensor(DType::kBFloat16, {p.total_q(), p.hq, p.d});
+    args.softmax_scale = p.softmax_scale;
+    args.causal = p.causal;
+    auto descale = [](DeviceBuffer<float>& buf, const std::vector<float>& host) {
+      if (host.empty()) return TensorRef();
+      buf.upload(host);
+      return buf.tensor(DType::kFloat32, {static_cast<int64_t>(host.size())});
+    };
+    args.q_descale = descale(q_ds, p.q_ds);
+    args.k_descale = descale(k_ds, p.k_ds);
+    args.v_descale = descale(v_ds, p.v_ds);
+  }
+  std::vector<float> output() const { return convert_to_float(out.download()); }
+};
+
 // Runs cuda::prefill on the device copy; returns the whole bf16 output as floats (poisoned first).
 inline std::vector<float> run_dense_on_gpu(const DenseProblem& p, const cuda::PrefillOptions& options) {
-  DeviceBuffer<uint8_t> q(p.q.size()), k(std::max<size_t>(p.k.size(), 1)), v(std::max<size_t>(p.v.size(), 1));
-  q.upload(p.q);
-  if (!p.k.empty()) {
-    k.upload(p.k);
-    v.upload(p.v);
-  }
-  DeviceBuffer<int32_t> cu_q(p.cu_q), cu_k(p.cu_k);
-  DeviceBuffer<Bf16> out(static_cast<size_t>(p.total_q() * p.hq * p.d));
-  out.poison();
-  DeviceBuffer<float> q_ds(std::max<size_t>(p.q_ds.size(), 1)), k_ds(std::max<size_t>(p.k_ds.size(), 1)),
-      v_ds(std::max<size_t>(p.v_ds.size(), 1));
-  PrefillArgs a;
-  a.q = q.tensor(p.dtype, {p.total_q(), p.hq, p.d});
-  a.k = k.tensor(p.dtype, {p.total_k(), p.hk, p.d});
-  a.v = v.tensor(p.dtype, {p.total_k(), p.hk, p.d});
-  a.cu_seqlens_q = cu_q.tensor(DType::kInt32, {static_cast<int64_t>(p.cu_q.size())});
-  a.cu_seqlens_k = cu_k.tensor(DType::kInt32, {static_cast<int64_t>(p.cu_k.size())});
-  a.out = out.tensor(DType::kBFloat16, {p.total_q(), p.hq, p.d});
-  a.softmax_scale = p.softmax_scale;
-  a.causal = p.causal;
-  auto descale = [](DeviceBuffer<float>& buf, const std::vector<float>& host) {
-    if (host.empty()) return TensorRef();
-    buf.upload(host);
-    return buf.tensor(DType::kFloat32, {static_cast<int64_t>(host.size())});
-  };
-  a.q_descale = descale(q_ds, p.q_ds);
-  a.k_descale = descale(k_ds, p.k_ds);
-  a.v_descale = descale(v_ds, p.v_ds);
-  cuda::prefill(a, options);
+  DenseOnDevice dev(p);
+  dev.out.poison();
+  cuda::prefill(dev.args, options);
   FP8KV_CUDA_CHECK(cudaDeviceSynchronize());
-  return convert_to_float(out.download());
+  return dev.output();
 }
 
 struct ErrorReport {

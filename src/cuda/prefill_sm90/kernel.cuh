@@ -1,7 +1,8 @@
-// The prefill kernel: one CTA computes one 128-row query block of one query head, with a
-// producer warpgroup (TMA loads, FP8 V transpose) and two consumer warpgroups (64 rows each:
-// S = Q K^T, online softmax, O += P V). setmaxnreg moves registers from the producer, which needs
-// few, to the consumers, which hold S, O and (two-level accumulation) the per-tile O.
+// The prefill kernel: a persistent CTA per SM computes 128-row query blocks of one query head
+// after another (tile_scheduler.cuh), with a producer warpgroup (TMA loads, FP8 V transpose) and
+// two consumer warpgroups (64 rows each: S = Q K^T, online softmax, O += P V). setmaxnreg moves
+// registers from the producer, which needs few, to the consumers, which hold S, O and (two-level
+// accumulation) the per-tile O.
 #pragma once
 
 #include <cmath>
@@ -12,6 +13,14 @@
 #include "cuda/prefill_sm90/tile_scheduler.cuh"
 
 namespace fp8kv::cuda::sm90 {
+
+// A warp-uniform value broadcast from lane 0, so that ptxas knows it is uniform. Used for what
+// decides the consumers' branches (whether there is a tile, its K/V tile count): the stage, the
+// descriptors and the barrier addresses that flow through those branches then stay uniform
+// (otherwise every value joined after them is per-thread: ~100 more R2UR moves, and spills). The
+// tile's other fields stay in ordinary registers: as uniform values they crowded the 63 uniform
+// registers, and ptxas rebuilt the Q descriptors every turn (+20 instructions per turn).
+__device__ __forceinline__ int warp_uniform(int x) { return __shfl_sync(0xffffffffu, x, 0); }
 
 __device__ __forceinline__ float load_descale(const float* ptr, int stride, int kv_head) {
   return ptr ? ptr[kv_head * stride] : 1.0f;
@@ -43,9 +52,12 @@ __device__ __forceinline__ void pingpong_arrive_other(int warpgroup) {
 // The first and last turns are separate instantiations (and two-level accumulation a template
 // parameter) so that no wgmma sits on a runtime branch: ptxas serialises every wgmma of a function
 // that has one.
+// `q_buffer`: the Q buffer (and work slot) of this work tile, released after the output store.
+// `kv_done`: K/V tiles this CTA consumed before this work tile (the stage ring runs on across
+// work tiles).
 template <class Traits, bool kTwoLevel>
 __device__ void consumer_loop(const PrefillParams& p, const WorkTile& t, const SmemView<Traits>& sm, int n_tiles,
-                              int warpgroup) {
+                              int warpgroup, int q_buffer, int kv_done) {
   using G = Gemms<Traits>;
   const int thread = static_cast<int>(threadIdx.x) % 128;
   const int warp = thread / 32, lane = thread % 32;
@@ -180,7 +192,7 @@ __device__ void consumer_loop(const PrefillParams& p, const WorkTile& t, const S
     }
   };
 
-  const uint64_t desc_q = G::q_desc(sm.q(), warpgroup);
+  const uint64_t desc_q = G::q_desc(sm.q(q_buffer), warpgroup);
   const uint64_t desc_k0 = G::k_desc(sm.k(0));
   const uint64_t desc_v0 = G::v_desc(Traits::kFp8 ? sm.vt(0) : sm.v(0));
 
@@ -215,7 +227,7 @@ __device__ void consumer_loop(const PrefillParams& p, const WorkTile& t, const S
         }
         cute::warpgroup_commit_batch();
       }
-      if (Traits::kPingPong && !(warpgroup == 1 && !kHasQK)) pingpong_arrive_other(warpgroup);
+      if constexpr (Traits::kPingPong) pingpong_arrive_other(warpgroup);
       if constexpr (kHasQK) {
         cute::warpgroup_wait<kHasPV ? 1 : 0>();
         fence_registers(s);
@@ -252,7 +264,7 @@ __device__ void consumer_loop(const PrefillParams& p, const WorkTile& t, const S
       if constexpr (kHasPV && !kTwoLevel) G::issue_pv(o, pa, desc_v0, prev.index, true);
       if constexpr (kHasQK) G::issue_qk(s, desc_q, desc_k0, st.index);
       cute::warpgroup_commit_batch();
-      if (Traits::kPingPong && !(warpgroup == 1 && !kHasQK)) pingpong_arrive_other(warpgroup);
+      if constexpr (Traits::kPingPong) pingpong_arrive_other(warpgroup);
       cute::warpgroup_wait<0>();
       fence_registers(o);
       if constexpr (kHasPV && !kTwoLevel) Barrier::arrive(v_empty);
@@ -264,9 +276,7 @@ __device__ void consumer_loop(const PrefillParams& p, const WorkTile& t, const S
     G::make_p_fragments(s, pa);
   };
 
-  Barrier::wait(sm.q_full(), 0);
-  if (Traits::kPingPong && warpgroup == 1) pingpong_arrive_other(warpgroup);  // warpgroup 0 goes first
-  Stage st{0, 0};
+  Stage st = stage_of<Traits>(kv_done);
   turn(std::false_type{}, std::true_type{}, 0, st, st);
   for (int iter = 1; iter < n_tiles; ++iter) {
     const Stage prev = st;
@@ -280,39 +290,59 @@ __device__ void consumer_loop(const PrefillParams& p, const WorkTile& t, const S
   factor[0] *= v_descale;
   factor[1] *= v_descale;
   scale_rows(o, factor);
-  store_output<Traits>(p, t, o, warpgroup, thread);
+  // The tile is read again from shared memory rather than kept in registers through the loop.
+  store_output<Traits>(p, load_work_tile(sm.work(q_buffer)), o, warpgroup, thread);
+  // Q and the work slot are no longer needed: the producer may load a later tile's Q here.
+  Barrier::arrive(sm.q_empty(q_buffer));
 }
 
+// A consumer warpgroup's whole job: the work tiles the producer publishes, in order, until it
+// says there are no more.
 template <class Traits>
-__device__ void consumer(const PrefillParams& p, const WorkTile& t, const SmemView<Traits>& sm, int n_tiles,
-                         int warpgroup) {
-  if (n_tiles == 0) {
-    float zero[Gemms<Traits>::kORegs] = {};
-    store_output<Traits>(p, t, zero, warpgroup, static_cast<int>(threadIdx.x) % 128);
-    return;
-  }
+__device__ void consumer(const PrefillParams& p, const SmemView<Traits>& sm, int warpgroup) {
   // Per-token V scales multiply P column-wise before P is quantised, so every tile's product must
   // be accumulated on its own (scaled back by the tile's largest V scale): always two-level then.
-  // Otherwise two-level is for CTAs whose chain of tiles is longer than p.one_level_max_keys.
+  // Otherwise two-level is for tiles whose chain of K/V tiles is longer than p.one_level_max_keys.
   const bool token_scales = Traits::kPaged && p.k_token_scale != nullptr;
-  const bool long_chain = n_tiles * Traits::kBlockN > p.one_level_max_keys;
-  if constexpr (Traits::kFp8) {
-    if ((p.two_level && long_chain) || token_scales) {
-      consumer_loop<Traits, true>(p, t, sm, n_tiles, warpgroup);
+  int kv_done = 0;
+  // Ping-pong across work tiles: warpgroup 1 also lets warpgroup 0 go after issuing a tile's last
+  // P.V, so that warpgroup 0's first Q.K^T of the next tile runs under that P.V and warpgroup 1's
+  // output store. That is one arrival per turn for either warpgroup, plus warpgroup 1's first one
+  // here (warpgroup 0 goes first), which warpgroup 0 matches with one more wait at the end.
+  if (Traits::kPingPong && warpgroup == 1) pingpong_arrive_other(warpgroup);
+  for (int work = 0;; ++work) {
+    const int buffer = work & 1;
+    Barrier::wait(sm.q_full(buffer), (work >> 1) & 1);
+    const WorkTile t = load_work_tile(sm.work(buffer));
+    if (!warp_uniform(t.valid)) {
+      if (Traits::kPingPong && warpgroup == 0) pingpong_sync(warpgroup);
       return;
     }
+    const int n_tiles = warp_uniform(num_kv_tiles<Traits>(t, p.causal));
+    if (n_tiles == 0) {
+      float zero[Gemms<Traits>::kORegs] = {};
+      store_output<Traits>(p, t, zero, warpgroup, static_cast<int>(threadIdx.x) % 128);
+      Barrier::arrive(sm.q_empty(buffer));
+      continue;
+    }
+    if constexpr (Traits::kFp8) {
+      const bool long_chain = n_tiles * Traits::kBlockN > p.one_level_max_keys;
+      if ((p.two_level && long_chain) || token_scales) {
+        consumer_loop<Traits, true>(p, t, sm, n_tiles, warpgroup, buffer, kv_done);
+        kv_done += n_tiles;
+        continue;
+      }
+    }
+    consumer_loop<Traits, false>(p, t, sm, n_tiles, warpgroup, buffer, kv_done);
+    kv_done += n_tiles;
   }
-  consumer_loop<Traits, false>(p, t, sm, n_tiles, warpgroup);
 }
 
 template <class Traits>
 __global__ void __launch_bounds__(Traits::kThreads, 1) prefill_kernel(const __grid_constant__ PrefillParams p) {
   extern __shared__ uint8_t smem_raw[];
   uint8_t* base = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t{1023});
-  const WorkTile t = get_work_tile<Traits>(p);
-  if (!t.valid) return;
   const SmemView<Traits> sm{base};
-  const int n_tiles = num_kv_tiles<Traits>(t, p.causal);
   if (threadIdx.x == 0) init_barriers<Traits>(sm);
   __syncthreads();
   // Broadcast from lane 0 so that ptxas knows it is warp-uniform: the ping-pong barrier ids and
@@ -320,10 +350,10 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) prefill_kernel(const __gr
   const int warpgroup = __shfl_sync(0xffffffffu, static_cast<int>(threadIdx.x) / 128, 0);
   if (warpgroup == 0) {
     cutlass::arch::warpgroup_reg_dealloc<Traits::kProducerRegisters>();
-    producer<Traits>(p, t, sm, n_tiles);
+    producer<Traits>(p, sm);
   } else {
     cutlass::arch::warpgroup_reg_alloc<Traits::kConsumerRegisters>();
-    consumer<Traits>(p, t, sm, n_tiles, warpgroup - 1);
+    consumer<Traits>(p, sm, warpgroup - 1);
   }
 }
 

@@ -4,6 +4,8 @@
 
 #include <cuda_runtime.h>
 
+#include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <string>
 
@@ -12,6 +14,7 @@
 
 namespace fp8kv::cuda::sm90 {
 
+// grid_x: work tiles per query head (an upper bound on the query blocks, see tile_scheduler.cuh).
 template <class Traits>
 void launch_prefill(const PrefillParams& params, int grid_x, cudaStream_t stream) {
   static const cudaError_t attribute_status = cudaFuncSetAttribute(
@@ -19,15 +22,27 @@ void launch_prefill(const PrefillParams& params, int grid_x, cudaStream_t stream
   if (attribute_status != cudaSuccess) {
     throw Error(std::string("fp8kv: prefill kernel shared-memory setup failed: ") + cudaGetErrorString(attribute_status));
   }
-  // One dimension: sections of heads, the head fastest inside a section (see tile_scheduler.cuh).
-  const int64_t ctas = static_cast<int64_t>(grid_x) * params.num_q_heads;
-  if (ctas > INT32_MAX) {
-    throw InvalidArgument("q", "needs " + std::to_string(ctas) + " thread blocks (query blocks x heads), more than " +
-                                   std::to_string(INT32_MAX) + " one launch covers");
+  const int64_t work = static_cast<int64_t>(grid_x) * params.num_q_heads;
+  if (work > INT32_MAX / 2) {  // the counter may run up to twice past the last index
+    throw InvalidArgument("q", "needs " + std::to_string(work) + " work tiles (query blocks x heads), more than " +
+                                   std::to_string(INT32_MAX / 2) + " one launch covers");
   }
-  const dim3 grid(static_cast<unsigned>(ctas));
-  prefill_kernel<Traits><<<grid, Traits::kThreads, Traits::kSmemBytes, stream>>>(params);
-  const cudaError_t status = cudaGetLastError();
+  int device = 0, sms = 0;
+  cudaError_t status = cudaGetDevice(&device);
+  if (status == cudaSuccess) status = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+  if (status != cudaSuccess) {
+    throw Error(std::string("fp8kv: prefill cannot query the device: ") + cudaGetErrorString(status));
+  }
+  // Persistent CTAs, one per SM (the kernel's shared memory allows one), none without a tile.
+  // Each launch takes the next counter pair of the ring (tile_scheduler.cuh).
+  static std::atomic<unsigned> next_slot{0};
+  PrefillParams p = params;
+  p.blocks_per_head = grid_x;
+  p.num_work = static_cast<int>(work);
+  p.work_slot = static_cast<int>(next_slot.fetch_add(1, std::memory_order_relaxed) % kWorkSlots);
+  const dim3 grid(static_cast<unsigned>(std::min<int64_t>(work, std::max(sms, 1))));
+  prefill_kernel<Traits><<<grid, Traits::kThreads, Traits::kSmemBytes, stream>>>(p);
+  status = cudaGetLastError();
   if (status != cudaSuccess) {
     throw Error(std::string("fp8kv: prefill kernel launch failed: ") + cudaGetErrorString(status));
   }

@@ -20,7 +20,7 @@ constexpr int kProducerBarrierId = 1;  // named barrier of the producer warpgrou
 template <class Traits>
 struct SmemView {
   uint8_t* base;
-  __device__ uint8_t* q() const { return base + Traits::kQOffset; }
+  __device__ uint8_t* q(int b) const { return base + Traits::kQOffset + b * Traits::kQBytes; }
   __device__ uint8_t* k(int s) const { return base + Traits::kKOffset + s * Traits::kKBytes; }
   __device__ uint8_t* v(int s) const { return base + Traits::kVOffset + s * Traits::kVBytes; }
   __device__ uint8_t* vt(int s) const { return base + Traits::kVtOffset + s * Traits::kVtBytes; }
@@ -33,21 +33,67 @@ struct SmemView {
   __device__ uint64_t* barrier(int i) const {
     return reinterpret_cast<uint64_t*>(base + Traits::kBarrierOffset) + i;
   }
-  __device__ uint64_t* q_full() const { return barrier(0); }
-  __device__ uint64_t* k_full(int s) const { return barrier(1 + s); }
-  __device__ uint64_t* k_empty(int s) const { return barrier(1 + Traits::kStages + s); }
-  __device__ uint64_t* v_full(int s) const { return barrier(1 + 2 * Traits::kStages + s); }
-  __device__ uint64_t* v_empty(int s) const { return barrier(1 + 3 * Traits::kStages + s); }
-  __device__ uint64_t* vt_full(int s) const { return barrier(1 + 4 * Traits::kStages + s); }
-  __device__ uint64_t* vt_empty(int s) const { return barrier(1 + 5 * Traits::kStages + s); }
+  __device__ uint64_t* q_full(int b) const { return barrier(b); }
+  __device__ uint64_t* q_empty(int b) const { return barrier(Traits::kQBuffers + b); }
+  static constexpr int kStageBarriers = 2 * Traits::kQBuffers;
+  __device__ uint64_t* k_full(int s) const { return barrier(kStageBarriers + s); }
+  __device__ uint64_t* k_empty(int s) const { return barrier(kStageBarriers + Traits::kStages + s); }
+  __device__ uint64_t* v_full(int s) const { return barrier(kStageBarriers + 2 * Traits::kStages + s); }
+  __device__ uint64_t* v_empty(int s) const { return barrier(kStageBarriers + 3 * Traits::kStages + s); }
+  __device__ uint64_t* vt_full(int s) const { return barrier(kStageBarriers + 4 * Traits::kStages + s); }
+  __device__ uint64_t* vt_empty(int s) const { return barrier(kStageBarriers + 5 * Traits::kStages + s); }
+  // Shared-memory addresses of the work tile whose Q buffer b holds (valid = 0: no more work) and
+  // of the producer's flags; read and written with the volatile accessors below.
+  __device__ uint32_t work(int b) const {
+    return static_cast<uint32_t>(__cvta_generic_to_shared(base + Traits::kWorkOffset + b * Traits::kWorkSlotBytes));
+  }
+  __device__ uint32_t more_flag(int i) const {
+    return static_cast<uint32_t>(__cvta_generic_to_shared(base + Traits::kFlagOffset + 4 * i));
+  }
 };
+static_assert(sizeof(WorkTile) == 32, "a work slot holds one WorkTile, as two 16-byte words");
 
-// Arrival counts: the consumers release a stage with one arrival per consumer thread; the FP8
-// transposer publishes V^T with one arrival per producer thread.
+// Shared-memory accesses that the compiler keeps in program order with the barrier operations
+// around them (those are volatile asm without a memory clobber, so plain loads and stores could
+// move across them).
+__device__ __forceinline__ void store_work_tile(uint32_t addr, const WorkTile& t) {
+  asm volatile("st.volatile.shared.v4.s32 [%0], {%1, %2, %3, %4};\n" ::"r"(addr), "r"(t.valid), "r"(t.batch),
+               "r"(t.q_head), "r"(t.m_block)
+               : "memory");
+  asm volatile("st.volatile.shared.v4.s32 [%0], {%1, %2, %3, %4};\n" ::"r"(addr + 16), "r"(t.q_start), "r"(t.len_q),
+               "r"(t.len_k), "r"(t.k_start)
+               : "memory");
+}
+__device__ __forceinline__ WorkTile load_work_tile(uint32_t addr) {
+  WorkTile t;
+  asm volatile("ld.volatile.shared.v4.s32 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(t.valid), "=r"(t.batch), "=r"(t.q_head), "=r"(t.m_block)
+               : "r"(addr)
+               : "memory");
+  asm volatile("ld.volatile.shared.v4.s32 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(t.q_start), "=r"(t.len_q), "=r"(t.len_k), "=r"(t.k_start)
+               : "r"(addr + 16)
+               : "memory");
+  return t;
+}
+__device__ __forceinline__ void store_flag(uint32_t addr, int value) {
+  asm volatile("st.volatile.shared.s32 [%0], %1;\n" ::"r"(addr), "r"(value) : "memory");
+}
+__device__ __forceinline__ int load_flag(uint32_t addr) {
+  int value;
+  asm volatile("ld.volatile.shared.s32 %0, [%1];\n" : "=r"(value) : "r"(addr) : "memory");
+  return value;
+}
+
+// Arrival counts: the consumers release a stage or a Q buffer with one arrival per consumer
+// thread; the FP8 transposer publishes V^T with one arrival per producer thread.
 template <class Traits>
 __device__ void init_barriers(const SmemView<Traits>& sm) {
   constexpr int kConsumerThreads = 128 * Traits::kConsumerWarpgroups;
-  Barrier::init(sm.q_full(), 1);
+  for (int b = 0; b < Traits::kQBuffers; ++b) {
+    Barrier::init(sm.q_full(b), 1);
+    Barrier::init(sm.q_empty(b), kConsumerThreads);
+  }
   for (int s = 0; s < Traits::kStages; ++s) {
     Barrier::init(sm.k_full(s), 1);
     Barrier::init(sm.k_empty(s), kConsumerThreads);
@@ -78,12 +124,12 @@ __device__ __forceinline__ Stage next_stage(const Stage& st) {
 // ---- producer -----------------------------------------------------------------------------------
 
 template <class Traits>
-__device__ void load_q(const PrefillParams& p, const WorkTile& t, const SmemView<Traits>& sm) {
-  Barrier::arrive_and_expect_tx(sm.q_full(), Traits::kQBytes);
+__device__ void load_q(const PrefillParams& p, const WorkTile& t, const SmemView<Traits>& sm, int buffer) {
+  Barrier::arrive_and_expect_tx(sm.q_full(buffer), Traits::kQBytes);
 #pragma unroll
   for (int cb = 0; cb < Traits::kColBlocks; ++cb) {
-    cute::SM90_TMA_LOAD_3D::copy(&p.tma_q, sm.q_full(), kTmaCacheHint,
-                                 sm.q() + cb * Traits::kBlockM * Traits::kSwizzleBytes, cb * Traits::kBoxElems,
+    cute::SM90_TMA_LOAD_3D::copy(&p.tma_q, sm.q_full(buffer), kTmaCacheHint,
+                                 sm.q(buffer) + cb * Traits::kBlockM * Traits::kSwizzleBytes, cb * Traits::kBoxElems,
                                  t.q_head, t.q_start + t.m_block * Traits::kBlockM);
   }
 }
@@ -149,76 +195,152 @@ __device__ void load_kv_tile(const PrefillParams& p, const WorkTile& t, const CU
 // matrix, rows 0-3 of the quad take the even channel and rows 4-7 the odd one (channels 0, 2, 4,
 // 6, 9, 11, 13, 15 and the complement), so the 8 V^T rows cover all residues mod 8, i.e. all 8
 // chunks of the 128B swizzle.
+// The per-lane addresses are computed once per producer thread, as offsets that the tile loop
+// adds to the stage's base: warp w moves key groups w and w + 4 of every 32-channel group. Key
+// group w + 4 is 64 rows further in V (the row swizzle repeats every 8 rows, so +64 rows is a
+// plain offset) and, in V^T, channel group c is 32 rows further (a plain offset too); so a lane
+// holds one V offset per channel group and two V^T offsets (held as 16 hoisted addresses, they
+// were spilled beside the producer leader's work-tile code).
 template <class Traits>
-__device__ void transpose_v(const uint8_t* v, uint8_t* vt, int thread) {
-  constexpr int kKeyGroups = Traits::kBlockN / 16;
-  constexpr int kChannelGroups = Traits::kHeadDim / 32;
-  constexpr int kUnitsPerWarp = kKeyGroups * kChannelGroups / 4;
-  const int warp = thread / 32, lane = thread % 32;
-  const int mat = lane / 8, j = lane % 8;  // the matrix and row whose address this lane supplies
-  const bool high_row = j >= 4;
-  // ldmatrix: matrix `mat` = keys 8 (mat & 1).., channel bytes 16 (mat >> 1)..
-  const uint32_t ld_key = 8 * (mat & 1) + j, ld_byte = 16 * (mat >> 1);
-  // stmatrix: matrix `mat` = V^T rows 16 (mat >> 1) + 2j + ((mat & 1) ^ high_row).
-  const uint32_t st_channel = 16 * (mat >> 1) + 2 * j + ((mat & 1) ^ (high_row ? 1 : 0));
-  // The data thread 4c + q holds: its first permute gives channel 2c, its second 2c + 1; matrix 0
-  // (even `mat`) wants the even channel in rows c < 4 and the odd one in rows c >= 4.
-  const bool swap = lane / 4 >= 4;
-  const uint32_t sel_first = swap ? 0x7531u : 0x6420u, sel_second = swap ? 0x6420u : 0x7531u;
-  const uint32_t v_base = static_cast<uint32_t>(__cvta_generic_to_shared(v));
-  const uint32_t vt_base = static_cast<uint32_t>(__cvta_generic_to_shared(vt));
-#pragma unroll
-  for (int u = 0; u < kUnitsPerWarp; ++u) {
-    const int unit = u * 4 + warp;
-    const int kg = unit % kKeyGroups, cg = unit / kKeyGroups;
-    const uint32_t src = v_base + swizzled_offset<Traits::kRowSwizzle>(16 * kg + ld_key, 32 * cg + ld_byte);
-    const uint32_t dst = vt_base + swizzled_offset<Swizzle::k128B>(32 * cg + st_channel, 16 * kg);
-    uint32_t r0, r1, r2, r3;
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-                 : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
-                 : "r"(src));
-    const uint32_t w0 = __byte_perm(r0, r1, sel_first), w1 = __byte_perm(r0, r1, sel_second);
-    const uint32_t w2 = __byte_perm(r2, r3, sel_first), w3 = __byte_perm(r2, r3, sel_second);
-    asm volatile("stmatrix.sync.aligned.m8n8.x4.shared.b16 [%0], {%1, %2, %3, %4};\n" ::"r"(dst), "r"(w0), "r"(w1),
-                 "r"(w2), "r"(w3)
-                 : "memory");
-  }
-}
+struct VTransposer {
+  static constexpr int kChannelGroups = Traits::kHeadDim / 32;
+  static_assert(Traits::kBlockN / 16 == 8, "8 key groups: warp w takes key groups w and w + 4");
+  uint32_t src[kChannelGroups];  // V: this lane's ldmatrix row, key group `warp`, per channel group
+  uint32_t dst[2];               // V^T: its stmatrix row, key group `warp` / `warp + 4`, channel group 0
+  uint32_t sel_first, sel_second;
 
-// The producer warpgroup's whole job for one work tile.
+  __device__ explicit VTransposer(int thread) {
+    const int warp = thread / 32, lane = thread % 32;
+    const int mat = lane / 8, j = lane % 8;  // the matrix and row whose address this lane supplies
+    const bool high_row = j >= 4;
+    // ldmatrix: matrix `mat` = keys 8 (mat & 1).., channel bytes 16 (mat >> 1)..
+    const uint32_t ld_key = 8 * (mat & 1) + j, ld_byte = 16 * (mat >> 1);
+    // stmatrix: matrix `mat` = V^T rows 16 (mat >> 1) + 2j + ((mat & 1) ^ high_row).
+    const uint32_t st_channel = 16 * (mat >> 1) + 2 * j + ((mat & 1) ^ (high_row ? 1 : 0));
+    // The data thread 4c + q holds: its first permute gives channel 2c, its second 2c + 1; matrix 0
+    // (even `mat`) wants the even channel in rows c < 4 and the odd one in rows c >= 4.
+    const bool swap = lane / 4 >= 4;
+    sel_first = swap ? 0x7531u : 0x6420u;
+    sel_second = swap ? 0x6420u : 0x7531u;
+#pragma unroll
+    for (int cg = 0; cg < kChannelGroups; ++cg) {
+      src[cg] = swizzled_offset<Traits::kRowSwizzle>(16 * warp + ld_key, 32 * cg + ld_byte);
+    }
+#pragma unroll
+    for (int h = 0; h < 2; ++h) dst[h] = swizzled_offset<Swizzle::k128B>(st_channel, 16 * (warp + 4 * h));
+  }
+
+  __device__ void run(const uint8_t* v, uint8_t* vt) const {
+    const uint32_t v_base = static_cast<uint32_t>(__cvta_generic_to_shared(v));
+    const uint32_t vt_base = static_cast<uint32_t>(__cvta_generic_to_shared(vt));
+#pragma unroll
+    for (int cg = 0; cg < kChannelGroups; ++cg) {
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const uint32_t src_addr = v_base + src[cg] + h * 64 * Traits::kSwizzleBytes;
+        const uint32_t dst_addr = vt_base + dst[h] + cg * 32 * 128;
+        uint32_t r0, r1, r2, r3;
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                     : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
+                     : "r"(src_addr));
+        const uint32_t w0 = __byte_perm(r0, r1, sel_first), w1 = __byte_perm(r0, r1, sel_second);
+        const uint32_t w2 = __byte_perm(r2, r3, sel_first), w3 = __byte_perm(r2, r3, sel_second);
+        asm volatile("stmatrix.sync.aligned.m8n8.x4.shared.b16 [%0], {%1, %2, %3, %4};\n" ::"r"(dst_addr), "r"(w0),
+                     "r"(w1), "r"(w2), "r"(w3)
+                     : "memory");
+      }
+    }
+  }
+};
+
+// The producer leader's walk over the CTA's work tiles and their K/V tiles, one load at a time.
+// Work tile w (the w-th this CTA takes) uses Q buffer w % 2: before the leader publishes it there
+// (the WorkTile, then Q's TMA load on q_full), the consumers must have released that buffer from
+// tile w - 2 (q_empty, after that tile's output store). K/V tiles continue the stage ring across work
+// tiles, so the next tile's first K/V loads are issued as soon as its stages free up, while the
+// consumers still run the current tile's last turns.
+// The current work tile itself is read back from its shared-memory slot at each load rather than
+// held in the producer's 40 registers (which spilled).
 template <class Traits>
-__device__ void producer(const PrefillParams& p, const WorkTile& t, const SmemView<Traits>& sm, int n_tiles) {
-  const int thread = static_cast<int>(threadIdx.x) % 128;
-  const bool leader = thread == 0;
-  if (n_tiles == 0) return;
-  auto issue = [&](int iter) {
-    const Stage st = stage_of<Traits>(iter);
-    if (iter >= Traits::kStages) Barrier::wait(sm.k_empty(st.index), st.phase ^ 1);
-    load_kv_tile<Traits>(p, t, &p.tma_k, iter, sm.k(st.index), p.k_token_scale != nullptr, sm.k_scale(st.index),
+struct LoadCursor {
+  WorkCounter counter;
+  int n_tiles = 0;  // K/V tiles of the current work tile
+  int kv = 0;       // the next K/V tile of the current work tile to load
+  int work = 0;     // work tiles published so far
+  int loads = 0;    // K/V tiles loaded so far (all work tiles): the stage ring's position
+
+  // Issues the next K/V tile load (publishing work tiles as needed); false once there is no more
+  // work, after the consumers have been told so.
+  __device__ bool issue_next(const PrefillParams& p, const SmemView<Traits>& sm) {
+    while (kv == n_tiles) {
+      const int buffer = work & 1;
+      if (work >= Traits::kQBuffers) Barrier::wait(sm.q_empty(buffer), ((work >> 1) & 1) ^ 1);
+      const WorkTile t = counter.template next<Traits>(p);
+      store_work_tile(sm.work(buffer), t);
+      ++work;
+      if (!t.valid) {
+        Barrier::arrive(sm.q_full(buffer));  // publishes "no more work"
+        counter.finish(p);
+        return false;
+      }
+      n_tiles = num_kv_tiles<Traits>(t, p.causal);
+      kv = 0;
+      if (n_tiles > 0) {
+        load_q<Traits>(p, t, sm, buffer);
+      } else {
+        Barrier::arrive(sm.q_full(buffer));  // a block without visible keys: the consumers write zeros
+        counter.draw(p);
+      }
+    }
+    const WorkTile t = load_work_tile(sm.work((work - 1) & 1));
+    const Stage st = stage_of<Traits>(loads);
+    if (loads >= Traits::kStages) Barrier::wait(sm.k_empty(st.index), st.phase ^ 1);
+    load_kv_tile<Traits>(p, t, &p.tma_k, kv, sm.k(st.index), p.k_token_scale != nullptr, sm.k_scale(st.index),
                          sm.v_scale(st.index), sm.k_full(st.index));
     // BF16: consumers read V directly, so its buffer is free once they release it. FP8: only the
     // transposer reads it, and it has finished with this buffer (producer named barrier below).
-    if (!Traits::kFp8 && iter >= Traits::kStages) Barrier::wait(sm.v_empty(st.index), st.phase ^ 1);
-    load_kv_tile<Traits>(p, t, &p.tma_v, iter, sm.v(st.index), false, nullptr, nullptr, sm.v_full(st.index));
-  };
-  if (leader) {
-    load_q<Traits>(p, t, sm);
-    issue(0);
+    if (!Traits::kFp8 && loads >= Traits::kStages) Barrier::wait(sm.v_empty(st.index), st.phase ^ 1);
+    load_kv_tile<Traits>(p, t, &p.tma_v, kv, sm.v(st.index), false, nullptr, nullptr, sm.v_full(st.index));
+    ++loads;
+    if (++kv == n_tiles) counter.draw(p);  // the tile's last load: draw the CTA's next work tile
+    return true;
   }
+};
+
+__device__ __forceinline__ void producer_sync() { cutlass::arch::NamedBarrier::sync(128, kProducerBarrierId); }
+
+// The producer warpgroup's whole job: one thread issues the loads; for FP8 all 128 threads
+// transpose V tile after tile, one load behind the issue, until the leader runs out of work
+// (it tells the others through a flag per parity of the turn, read after the warpgroup's named
+// barrier and not rewritten before the next one).
+template <class Traits>
+__device__ void producer(const PrefillParams& p, const SmemView<Traits>& sm) {
+  const int thread = static_cast<int>(threadIdx.x) % 128;
+  const bool leader = thread == 0;
+  LoadCursor<Traits> cursor;
+  if (leader) cursor.counter.start();
   if constexpr (!Traits::kFp8) {
     if (leader) {
-      for (int iter = 1; iter < n_tiles; ++iter) issue(iter);
+      while (cursor.issue_next(p, sm)) {
+      }
     }
   } else {
-    for (int iter = 0; iter < n_tiles; ++iter) {
-      if (leader && iter + 1 < n_tiles) issue(iter + 1);
-      const Stage st = stage_of<Traits>(iter);
-      Barrier::wait(sm.v_full(st.index), st.phase);
-      if (iter >= Traits::kStages) Barrier::wait(sm.vt_empty(st.index), st.phase ^ 1);
-      transpose_v<Traits>(sm.v(st.index), sm.vt(st.index), thread);
-      fence_view_async_shared();  // V^T is read by wgmma (async proxy); V is rewritten by TMA next
-      Barrier::arrive(sm.vt_full(st.index));
-      cutlass::arch::NamedBarrier::sync(128, kProducerBarrierId);
+    // Turn `iter`: the leader loads K/V tile iter, everybody transposes tile iter - 1. The leader
+    // code is written once (it is long: work-tile publishing, paged loads).
+    const VTransposer<Traits> transposer(thread);
+    Stage st{0, 0};
+    for (int iter = 0;; ++iter) {
+      if (leader) store_flag(sm.more_flag(iter & 1), cursor.issue_next(p, sm) ? 1 : 0);
+      if (iter > 0) {
+        Barrier::wait(sm.v_full(st.index), st.phase);
+        if (iter - 1 >= Traits::kStages) Barrier::wait(sm.vt_empty(st.index), st.phase ^ 1);
+        transposer.run(sm.v(st.index), sm.vt(st.index));
+        fence_view_async_shared();  // V^T is read by wgmma (async proxy); V is rewritten by TMA next
+        Barrier::arrive(sm.vt_full(st.index));
+        st = next_stage<Traits>(st);
+      }
+      producer_sync();
+      if (load_flag(sm.more_flag(iter & 1)) == 0) break;
     }
   }
 }

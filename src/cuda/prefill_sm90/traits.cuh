@@ -26,8 +26,9 @@ struct ElementBf16 {
 // Tile sizes. kBlockM = 128 query rows: two consumer warpgroups of 64 rows (the wgmma M). kBlockN
 // = 128 keys: the widest S tile whose accumulator (64 fp32 registers per thread) leaves room for
 // O, the per-tile O of two-level accumulation and P under the consumer register budget.
-// Shared memory at d = 128: FP8 16 KiB of Q + 3 stages x 48 KiB (K, V, V^T) = 160 KiB; BF16
-// 32 KiB of Q + 2 stages x 64 KiB = 160 KiB.
+// Shared memory at d = 128: FP8 2 x 16 KiB of Q + 3 stages x 48 KiB (K, V, V^T) = 176 KiB; BF16
+// 2 x 32 KiB of Q + 2 stages x 64 KiB = 192 KiB. Q has two buffers because the CTAs are
+// persistent (tile_scheduler.cuh): the next work tile's Q loads while the current one runs.
 template <class Element_, int kHeadDim_, bool kPaged_>
 struct PrefillTraits {
   using Element = Element_;
@@ -72,6 +73,7 @@ struct PrefillTraits {
   static_assert(kRowBytes % kSwizzleBytes == 0, "rows are whole swizzle blocks");
 
   static constexpr int kQBytes = kBlockM * kRowBytes;
+  static constexpr int kQBuffers = 2;
   static constexpr int kKBytes = kBlockN * kRowBytes;
   static constexpr int kVBytes = kBlockN * kRowBytes;
   // FP8: V^T tile, [kHeadDim rows][kBlockN keys], K-major for the P.V product, 128B swizzle.
@@ -81,15 +83,21 @@ struct PrefillTraits {
 
   // Shared memory carve-up; every tile starts on a 1024-byte boundary (the 128B swizzle atom).
   static constexpr int kQOffset = 0;
-  static constexpr int kKOffset = kQOffset + kQBytes;
+  static constexpr int kKOffset = kQOffset + kQBuffers * kQBytes;
   static constexpr int kVOffset = kKOffset + kStages * kKBytes;
   static constexpr int kVtOffset = kVOffset + kStages * kVBytes;
   static constexpr int kKScaleOffset = kVtOffset + kStages * kVtBytes;
   static constexpr int kVScaleOffset = kKScaleOffset + kStages * kScaleBytes;
   static constexpr int kBarrierOffset = kVScaleOffset + kStages * kScaleBytes;
-  // q_full, then per stage k_full, k_empty, v_full, v_empty, vt_full, vt_empty (the last two FP8 only).
-  static constexpr int kNumBarriers = 1 + 6 * kStages;
-  static constexpr int kSmemBytes = kBarrierOffset + kNumBarriers * 8 + 1024;  // +1024: alignment slack
+  // Per Q buffer q_full, q_empty, then per stage k_full, k_empty, v_full, v_empty, vt_full,
+  // vt_empty (the last two FP8 only).
+  static constexpr int kNumBarriers = 2 * kQBuffers + 6 * kStages;
+  // Per Q buffer the work tile it holds (WorkTile, written by the producer before q_full), then
+  // the producer warpgroup's two "more K/V tiles" flags.
+  static constexpr int kWorkOffset = kBarrierOffset + kNumBarriers * 8;
+  static constexpr int kWorkSlotBytes = 64;
+  static constexpr int kFlagOffset = kWorkOffset + kQBuffers * kWorkSlotBytes;
+  static constexpr int kSmemBytes = kFlagOffset + 2 * 4 + 1024;  // +1024: alignment slack
   static_assert(kQBytes % 1024 == 0 && kKBytes % 1024 == 0 && kVtBytes % 1024 == 0, "1024-byte aligned tiles");
   static_assert(kSmemBytes <= 227 * 1024, "fits the 227 KiB an H100 block may use");
 };
@@ -114,6 +122,9 @@ struct PrefillParams {
   int q_descale_stride, k_descale_stride, v_descale_stride;
   int batch, num_q_heads, num_kv_heads, head_group;  // head_group = num_q_heads / num_kv_heads
   int heads_per_section;  // query heads per grid section (tile_scheduler.cuh); divides num_q_heads
+  int blocks_per_head;    // work tiles per query head (an upper bound on the query blocks)
+  int num_work;           // num_q_heads * blocks_per_head: the work tile indices
+  int work_slot;          // which work-tile counter of the kernel's ring this launch uses
   int max_blocks_per_seq, block_size;
   float softmax_scale_log2;  // softmax_scale * log2(e): the softmax runs on exp2
   bool causal;
