@@ -393,8 +393,10 @@ __device__ __forceinline__ void decode_segment(const DecodeParams& p, const Deco
 #pragma unroll
     for (int e = 0; e < kAccCols; ++e) acc[a][e] = 0.0f;
   }
-  // Per-token V scales with tensor-core P.V: the accumulator is in units of v_ref, the largest V
-  // scale of the tokens consumed so far (warp-uniform; 0 until a scale > 0 is seen).
+  // Per-token V scales with tensor-core P.V: the accumulator is in units of v_ref, at least
+  // 1 / kVRefHeadroom of the largest V scale of the tokens consumed so far (warp-uniform; 0 until a
+  // scale > 0 is seen).
+  constexpr float kVRefHeadroom = 1024.0f;
   [[maybe_unused]] float v_ref = 0.0f;
   [[maybe_unused]] float v_ref_inv = 0.0f;
 
@@ -601,18 +603,21 @@ __device__ __forceinline__ void decode_segment(const DecodeParams& p, const Deco
       for (int u2 = 0; u2 < kSteps / 2; ++u2) {
         float p00 = s[2 * u2][0], p01 = s[2 * u2][1], p10 = s[2 * u2 + 1][0], p11 = s[2 * u2 + 1][1];
         if (per_token) {
-          // Per-token V scales enter P before its fp16 rounding, relative to the running largest V
-          // scale of the warp's tokens (P stays in [0, 1]); the accumulator is kept in units of
-          // that reference and only rescaled when it rises, which after the first pairs is rare
-          // (against normalising by each pair's largest: two passes over the accumulator per pair).
+          // Per-token V scales enter P before its fp16 rounding, relative to v_ref, a running
+          // reference of the warp's V scales; the accumulator is kept in units of v_ref. v_ref
+          // moves (and the accumulator is rescaled) only when a token's scale exceeds
+          // kVRefHeadroom * v_ref, so P * v / v_ref stays within [0, kVRefHeadroom], far inside
+          // fp16's range at the same relative precision. The test is a vote on each lane's own
+          // scales; only a move pays for the quad's shuffles, which after the first pair is rare
+          // (it was two dependent shuffles per pair, on the P.V chain).
           const float2 va = v_tok[2 * u2];
           const float2 vb = v_tok[2 * u2 + 1];
-          // The pair's 16 tokens are spread over the quad; every quad holds the same tokens, so
-          // the maximum (and the branch below) is uniform across the warp.
-          float vmax = fmaxf(fmaxf(va.x, va.y), fmaxf(vb.x, vb.y));
-          vmax = fmaxf(vmax, __shfl_xor_sync(0xffffffffu, vmax, 1));
-          vmax = fmaxf(vmax, __shfl_xor_sync(0xffffffffu, vmax, 2));
-          if (vmax > v_ref) {
+          const float lane_max = fmaxf(fmaxf(va.x, va.y), fmaxf(vb.x, vb.y));
+          if (__any_sync(0xffffffffu, lane_max > v_ref * kVRefHeadroom)) {
+            // The pair's 16 tokens are spread over the quad; every quad holds the same tokens, so
+            // the quad's maximum is the warp's and v_ref stays warp-uniform.
+            float vmax = fmaxf(lane_max, __shfl_xor_sync(0xffffffffu, lane_max, 1));
+            vmax = fmaxf(vmax, __shfl_xor_sync(0xffffffffu, vmax, 2));
             const float rebase = v_ref / vmax;  // 0 before any scale > 0: the accumulator is still 0
 #pragma unroll
             for (int a = 0; a < kAccRows; ++a) {

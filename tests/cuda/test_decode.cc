@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <functional>
 #include <numeric>
 #include <random>
 #include <string>
@@ -40,6 +41,9 @@ struct DecodeCase {
   int block_size = 16;
   std::vector<int32_t> seq_lens;
   DType io = DType::kBFloat16;
+  // V token t of a sequence of length n is multiplied by 10^v_decades(t, n) (per-token scales
+  // then span those decades); none: N(0, 1) values throughout.
+  std::function<double(int32_t t, int32_t n)> v_decades;
 };
 
 std::string name_of(const DecodeCase& c) {
@@ -89,6 +93,16 @@ struct DecodeProblem {
     round(q, c.io);
     k = testing::random_normal(static_cast<size_t>(total) * hk * d, testing::test_seed(), 1.0f, d, 4);
     v = testing::random_normal(static_cast<size_t>(total) * hk * d, testing::test_seed());
+    if (c.v_decades) {
+      for (size_t b = 0; b < c.seq_lens.size(); ++b) {
+        const int32_t n = c.seq_lens[b];
+        for (int32_t t = 0; t < n; ++t) {
+          const float gain = static_cast<float>(std::pow(10.0, c.v_decades(t, n)));
+          float* row = v.data() + (first_token[b] + t) * hk * d;
+          for (int64_t i = 0; i < static_cast<int64_t>(hk) * d; ++i) row[i] *= gain;
+        }
+      }
+    }
     round(k, DType::kBFloat16);
     round(v, DType::kBFloat16);
 
@@ -330,6 +344,35 @@ TEST(PagedDecode, LongContext131072) {
       c.block_size = bs;
       c.seq_lens = {131072};
       check_case(c);
+    }
+  }
+}
+
+// Per-token V scales that span six decades within a sequence, rising, falling and at random: the
+// tensor-core P.V keeps its accumulator relative to a reference scale that moves only when a token's
+// scale exceeds 1024x it, so these exercise the moves, long stretches without one, and probabilities
+// weighted by up to 1024 in fp16.
+TEST(PagedDecode, PerTokenScalesSpanningDecades) {
+  FP8KV_REQUIRE_GPU();
+  const std::function<double(int32_t, int32_t)> profiles[] = {
+      [](int32_t t, int32_t n) { return -3.0 + 6.0 * t / std::max(1, n - 1); },
+      [](int32_t t, int32_t n) { return 3.0 - 6.0 * t / std::max(1, n - 1); },
+      [](int32_t t, int32_t) { return -3.0 + 6.0 * ((static_cast<uint32_t>(t) * 2654435761u) >> 8) / double(1 << 24); },
+  };
+  for (DType storage : {DType::kFp8E4M3, DType::kFp8E5M2}) {
+    for (int d : {64, 128, 256}) {
+      for (int group : {1, 8}) {
+        for (const auto& profile : profiles) {
+          DecodeCase c;
+          c.storage = storage;
+          c.granularity = ScaleGranularity::kPerToken;
+          c.head_dim = d;
+          c.group = group;
+          c.seq_lens = {1, 17, 333, 4097};
+          c.v_decades = profile;
+          check_case(c);
+        }
+      }
     }
   }
 }
