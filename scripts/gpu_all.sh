@@ -38,7 +38,7 @@ if [[ $what == tests || $what == all ]]; then
   subset+=':CacheWrite.PartialRotaryDimIsBitExact:CacheWrite.OutOfRangeSlotIsReportedAndNotWritten'
   subset+=':PagedDecode.EmptySequencesGiveZeroRows:PagedDecode.SplitCountsFromOptions:PagedDecode.Fp16InputAndOutput'
   subset+=':PagedDecode.BadDeviceBlockIdIsReported:PagedDecode.GraphReplayWithGrowingLengths'
-  subset+=':PagedDecode.BalancedPlanOfEqualLengths'
+  subset+=':PagedDecode.BalancedPlanOfEqualLengths:PagedDecode.PerTokenScalesSpanningDecades'
   for tool in memcheck racecheck; do
     timeout 200 compute-sanitizer --tool "$tool" --error-exitcode 9 "$tests" --gtest_filter="$subset" \
       > "/tmp/sanitizer_$tool.log" 2>&1
