@@ -33,7 +33,7 @@ if [[ $what == tests || $what == all ]]; then
   tests=$build/tests/fp8kv_cuda_tests
   # Representative subsets: varlen/paged/chunked prefill with every scale granularity, RoPE +
   # quantize, cache writes, decode with empty sequences, splits + merge, fp16 I/O, bad block ids,
-  # graph replay and the balanced partition.
+  # graph replay, the balanced partition and per-token scales over six decades.
   subset='CudaPrefill.VarlenMixedLengthsAndPrefixes:CudaPagedPrefill.ChunkedPrefillOverFp8Pages:CudaRopeQuantize.*'
   subset+=':CacheWrite.PartialRotaryDimIsBitExact:CacheWrite.OutOfRangeSlotIsReportedAndNotWritten'
   subset+=':PagedDecode.EmptySequencesGiveZeroRows:PagedDecode.SplitCountsFromOptions:PagedDecode.Fp16InputAndOutput'
