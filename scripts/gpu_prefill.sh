@@ -27,7 +27,7 @@ timeout 240 "${bench[@]}" bench prefill --peers-script bench/prefill_peers.py --
   tee "$out/bench.log" | grep -v "^peer "
 
 echo "== compute-sanitizer"
-subset='CudaPrefill.VarlenMixedLengthsAndPrefixes:CudaPagedPrefill.ChunkedPrefillOverFp8Pages:CudaRopeQuantize.*'
+subset='CudaPrefill.VarlenMixedLengthsAndPrefixes:CudaPrefill.GraphReplayMatchesDirectLaunch:CudaPagedPrefill.ChunkedPrefillOverFp8Pages:CudaRopeQuantize.*'
 for tool in memcheck racecheck; do
   timeout 70 compute-sanitizer --tool "$tool" --error-exitcode 9 "${tests[0]}" --gtest_filter="$subset" \
     > "$out/sanitizer_$tool.log" 2>&1

@@ -54,7 +54,9 @@ struct PrefillTraits {
   // setmaxnreg budgets. The CTA owns what it was launched with, 384 x 168 = 64512 registers
   // (__launch_bounds__(384, 1)), and an increase blocks until the pool has the registers, so the
   // budgets must sum to at most that: BF16 128 x 24 + 256 x 240; FP8 gives the producer 40 for the
-  // V transpose (at 24 ptxas spills 60 bytes): 128 x 40 + 256 x 232 = 64512.
+  // V transpose and the leader's work-tile code (at 24 ptxas spills): 128 x 40 + 256 x 232 = 64512.
+  // The dense kernels' producer fits without spills; the paged FP8 ones spill 80-100 bytes (the
+  // leader's page walk beside the transposer's per-lane offsets, reloaded once per K/V tile).
   static constexpr int kProducerRegisters = kFp8 ? 40 : 24;
   static constexpr int kConsumerRegisters = kFp8 ? 232 : 240;
   static_assert(128 * kProducerRegisters + 128 * kConsumerWarpgroups * kConsumerRegisters <= 384 * 168,
