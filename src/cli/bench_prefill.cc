@@ -10,6 +10,7 @@
 #include <cstdlib>
 #include <ctime>
 #include <fstream>
+#include <functional>
 #include <iomanip>
 #include <iostream>
 #include <map>
@@ -40,6 +41,7 @@ struct Options {
   int repeats = 100;
   bool peers = true;
   bool quick = false;
+  bool sequential = false;  // time fp8kv's variants one after another instead of interleaved
   std::vector<std::string> only;  // keep points whose key contains one of these
   std::string peers_script = "bench/prefill_peers.py";
 };
@@ -160,10 +162,15 @@ Timings time_fp8kv(const Point& p, const Options& o) {
   cuda::PrefillOptions two_level, one_level, everywhere;
   one_level.two_level_accumulation = false;
   everywhere.one_level_max_keys = 0;
-  const std::vector<double> us = cuda_bench::time_interleaved_median_us(
-      {[&] { cuda::prefill(a8, two_level); }, [&] { cuda::prefill(a8, one_level); },
-       [&] { cuda::prefill(a8, everywhere); }, [&] { cuda::prefill(a16); }},
-      o.warmup, o.repeats);
+  const std::vector<std::function<void()>> variants = {
+      [&] { cuda::prefill(a8, two_level); }, [&] { cuda::prefill(a8, one_level); },
+      [&] { cuda::prefill(a8, everywhere); }, [&] { cuda::prefill(a16); }};
+  std::vector<double> us;
+  if (o.sequential) {
+    for (const auto& fn : variants) us.push_back(cuda_bench::time_median_us(fn, o.warmup, o.repeats));
+  } else {
+    us = cuda_bench::time_interleaved_median_us(variants, o.warmup, o.repeats);
+  }
   FP8KV_CUDA_CHECK(cudaDeviceSynchronize());
   Timings t;
   t.fp8_us = us[0];
@@ -233,8 +240,8 @@ void run_bench(const Options& o) {
     j["date"] = date;
   }
   j["method"] = "CUDA events, median of " + std::to_string(o.repeats) + " single runs after " +
-                std::to_string(o.warmup) + " warm-up runs, 256 MiB L2 flush before each; fp8kv's four variants "
-                "interleaved run by run; equal-length packed sequences; TFLOP/s = 4*batch*h_q*L^2*d (/2 causal) / "
+                std::to_string(o.warmup) + " warm-up runs, 256 MiB L2 flush before each; fp8kv's four variants " +
+                (o.sequential ? "timed one after another" : "interleaved run by run") + "; equal-length packed sequences; TFLOP/s = 4*batch*h_q*L^2*d (/2 causal) / "
                 "time; fp8 = E4M3 Q/K/V with per-tensor descales, bf16 out";
   std::string peer_status = "disabled (--no-peers)";
   std::map<std::string, std::map<std::string, double>> peers;
@@ -296,6 +303,8 @@ void register_bench_prefill(CLI::App& bench) {
   cmd->add_option("--warmup", options->warmup, "Warm-up runs per measurement")->check(CLI::PositiveNumber);
   cmd->add_option("--repeats", options->repeats, "Timed runs per measurement (median reported)")->check(CLI::PositiveNumber);
   cmd->add_flag("!--no-peers", options->peers, "Skip the PyTorch SDPA peers");
+  cmd->add_flag("--sequential", options->sequential,
+                "Time fp8kv's four variants one after another (each after its own warm-up) instead of interleaved");
   cmd->add_flag("--quick", options->quick, "Only sequence 4096 of the seed table (plus 16k and head dim 64)");
   cmd->add_option("--only", options->only,
                   "Only the points whose key (shape/batch/seq/causal|full, e.g. qwen3-8b/1/512/) contains this text; "
