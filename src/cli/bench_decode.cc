@@ -54,6 +54,7 @@ struct Options {
   bool peers = true;
   std::string peers_script = "bench/decode_peers.py";
   double memory_fraction = 0.8;  // of free device memory one configuration may use
+  std::string balanced = "auto";  // the plan's balanced partition: auto (its heuristic), on, off
 };
 
 // Variants measured for every point, in table order.
@@ -82,7 +83,8 @@ double kv_bytes(const Shape& s, int batch, int context, const Variant& v) {
 #if defined(FP8KV_WITH_CUDA)
 
 // Median microseconds of one decode step (plan made once, run timed, L2 flushed before each run).
-double time_fp8kv(const Shape& s, int batch, int context, int block_size, const Variant& v, int repeats) {
+double time_fp8kv(const Shape& s, int batch, int context, int block_size, const Variant& v, int repeats,
+                  const cuda::DecodePlanOptions& plan_options) {
   const int64_t blocks_per_seq = (context + block_size - 1) / block_size;
   const int64_t num_blocks = blocks_per_seq * batch;
   PagedKvLayer cache;
@@ -137,7 +139,7 @@ double time_fp8kv(const Shape& s, int batch, int context, int block_size, const 
   args.seq_lens = TensorRef(d_lens.get(), DType::kInt32, {batch}, Device::kCuda);
   args.out = TensorRef(out.get(), DType::kBFloat16, {batch, s.num_q_heads, s.head_dim}, Device::kCuda);
   args.softmax_scale = 1.0f / std::sqrt(static_cast<float>(s.head_dim));
-  const cuda::DecodePlan plan(args, lens);
+  const cuda::DecodePlan plan(args, lens, plan_options);
   const double us = cuda_bench::time_median_us([&] { plan.run(args); }, 3, repeats);
   cuda::check_errors();
   return us;
@@ -183,6 +185,8 @@ std::map<std::tuple<std::string, int, int>, double> run_peers(const Options& o,
 
 void run_bench(const Options& o) {
   if (!cuda::available()) throw Unsupported("bench decode needs a CUDA device");
+  cuda::DecodePlanOptions plan_options;
+  plan_options.balanced = o.balanced == "on" ? 1 : o.balanced == "off" ? -1 : 0;
   std::vector<Shape> shapes;
   for (const auto& name : o.shapes) {
     bool found = false;
@@ -221,7 +225,7 @@ void run_bench(const Options& o) {
   j["read_bandwidth_gbs"] = read_gbs;
   j["method"] = "CUDA events, median of " + std::to_string(o.repeats) +
                 " single runs, L2 flushed by reading 256 MiB before each; plan computed once outside the timing; q bf16, "
-                "out bf16; effective bandwidth = K+V bytes (+ scales) / time";
+                "out bf16; effective bandwidth = K+V bytes (+ scales) / time; balanced partition: " + o.balanced;
   std::cerr << "read bandwidth: " << read_gbs << " GB/s\n";
 
   std::string peer_status = "disabled (--no-peers)";
@@ -242,7 +246,7 @@ void run_bench(const Options& o) {
                             {"block_size", block_size}};
       std::map<std::string, double> us;
       for (const Variant& v : kVariants) {
-        const double t = time_fp8kv(s, batch, context, block_size, v, o.repeats);
+        const double t = time_fp8kv(s, batch, context, block_size, v, o.repeats, plan_options);
         const double gbs = kv_bytes(s, batch, context, v) / (t * 1e-6) / 1e9;
         us[v.name] = t;
         row[v.name] = {{"us", t}, {"kv_bytes", kv_bytes(s, batch, context, v)}, {"gbs", gbs},
@@ -304,6 +308,10 @@ void register_bench_decode(CLI::App& bench) {
   cmd->add_option("--repeats", options->repeats, "Timed runs per measurement (median reported)")->capture_default_str();
   cmd->add_option("--peers-script", options->peers_script, "PyTorch SDPA peer script")->capture_default_str();
   cmd->add_flag("!--no-peers", options->peers, "Skip the PyTorch SDPA peer");
+  cmd->add_option("--balanced", options->balanced,
+                  "The plan's balanced partition: auto (where the plan expects a gain), on (wherever it applies), off")
+      ->check(CLI::IsMember({"auto", "on", "off"}))
+      ->capture_default_str();
   cmd->callback([options] { run_bench(*options); });
 }
 
