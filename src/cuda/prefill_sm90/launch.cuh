@@ -14,6 +14,34 @@
 
 namespace fp8kv::cuda::sm90 {
 
+namespace {
+// The work-counter slot of one launch (tile_scheduler.cuh). Internal linkage, like the counters:
+// one pair of slot counters per instantiation file, shared by its dense and paged kernels. A
+// direct launch takes the next of the first kDirectWorkSlots (launches on concurrent streams only
+// share one when that many are in flight at once); a launch being captured into a CUDA graph
+// keeps its own slot for as long as the process runs, and running out of those is an error
+// rather than a shared counter.
+int take_work_slot(cudaStream_t stream) {
+  static std::atomic<unsigned> next_direct{0};
+  static std::atomic<unsigned> next_captured{0};
+  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+  const cudaError_t status = cudaStreamIsCapturing(stream, &capture);
+  if (status != cudaSuccess) {
+    throw Error(std::string("fp8kv: prefill cannot query the stream's capture status: ") + cudaGetErrorString(status));
+  }
+  if (capture == cudaStreamCaptureStatusNone) {
+    return static_cast<int>(next_direct.fetch_add(1, std::memory_order_relaxed) % kDirectWorkSlots);
+  }
+  const unsigned captured = next_captured.fetch_add(1, std::memory_order_relaxed);
+  if (captured >= static_cast<unsigned>(kCapturedWorkSlots)) {
+    throw Error("fp8kv: more than " + std::to_string(kCapturedWorkSlots) +
+                " prefill launches of one dtype and head dim have been captured into CUDA graphs in this process "
+                "(each captured launch keeps its own work counter)");
+  }
+  return kDirectWorkSlots + static_cast<int>(captured);
+}
+}  // namespace
+
 // grid_x: work tiles per query head (an upper bound on the query blocks, see tile_scheduler.cuh).
 template <class Traits>
 void launch_prefill(const PrefillParams& params, int grid_x, cudaStream_t stream) {
@@ -34,12 +62,10 @@ void launch_prefill(const PrefillParams& params, int grid_x, cudaStream_t stream
     throw Error(std::string("fp8kv: prefill cannot query the device: ") + cudaGetErrorString(status));
   }
   // Persistent CTAs, one per SM (the kernel's shared memory allows one), none without a tile.
-  // Each launch takes the next counter pair of the ring (tile_scheduler.cuh).
-  static std::atomic<unsigned> next_slot{0};
   PrefillParams p = params;
   p.blocks_per_head = grid_x;
   p.num_work = static_cast<int>(work);
-  p.work_slot = static_cast<int>(next_slot.fetch_add(1, std::memory_order_relaxed) % kWorkSlots);
+  p.work_slot = take_work_slot(stream);
   const dim3 grid(static_cast<unsigned>(std::min<int64_t>(work, std::max(sms, 1))));
   prefill_kernel<Traits><<<grid, Traits::kThreads, Traits::kSmemBytes, stream>>>(p);
   status = cudaGetLastError();

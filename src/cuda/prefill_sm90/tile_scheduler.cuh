@@ -26,8 +26,12 @@
 // 16k causal 1.01-1.02x, non-causal 1.00-1.01x.
 // The counter resets itself, so the launch needs no memset and replays in a CUDA graph: the
 // CTA whose "finished" increment is the grid's last zeroes both words; by then every CTA has
-// drawn its final index. Each launch of a kernel takes the next of kWorkSlots counter pairs
-// (host side, launch.cuh), so launches of one kernel on concurrent streams do not share one.
+// drawn its final index. Two launches that run at the same time must not share a counter pair,
+// so each launch takes a slot of its own (host side, launch.cuh): direct launches take the first
+// kDirectWorkSlots in turn, and a launch captured into a CUDA graph keeps one of the other
+// kCapturedWorkSlots for good, since the graph may be replayed at any time beside any other
+// launch. The counters, and the slots handed out, are per instantiation file: the kernels of one
+// file (dense and paged) share them.
 #pragma once
 
 #include <cstdint>
@@ -36,7 +40,9 @@
 
 namespace fp8kv::cuda::sm90 {
 
-constexpr int kWorkSlots = 256;
+constexpr int kDirectWorkSlots = 256;
+constexpr int kCapturedWorkSlots = 3840;
+constexpr int kWorkSlots = kDirectWorkSlots + kCapturedWorkSlots;
 
 namespace {
 // [slot][0]: work tiles drawn past the first gridDim.x; [slot][1]: CTAs that have drawn their last.

@@ -126,7 +126,7 @@ struct PrefillParams {
   int heads_per_section;  // query heads per grid section (tile_scheduler.cuh); divides num_q_heads
   int blocks_per_head;    // work tiles per query head (an upper bound on the query blocks)
   int num_work;           // num_q_heads * blocks_per_head: the work tile indices
-  int work_slot;          // which work-tile counter of the kernel's ring this launch uses
+  int work_slot;          // which work-tile counter pair this launch uses (tile_scheduler.cuh)
   int max_blocks_per_seq, block_size;
   float softmax_scale_log2;  // softmax_scale * log2(e): the softmax runs on exp2
   bool causal;
