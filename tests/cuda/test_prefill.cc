@@ -100,6 +100,18 @@ TEST(CudaPrefill, Fp8PerHeadDescalesAndAccumulationModes) {
 // the same kernel (another shape, another counter) run between the replays. The output is
 // deterministic (each query block is computed by one CTA in a fixed key order): compared bit for
 // bit against a direct launch.
+// One cuda::prefill launch on `stream`, captured into an executable graph.
+cudaGraphExec_t capture_prefill(const PrefillArgs& args, cudaStream_t stream) {
+  cudaGraph_t graph;
+  cudaGraphExec_t exec;
+  FP8KV_CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
+  cuda::prefill(args, {}, stream);
+  FP8KV_CUDA_CHECK(cudaStreamEndCapture(stream, &graph));
+  FP8KV_CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
+  FP8KV_CUDA_CHECK(cudaGraphDestroy(graph));
+  return exec;
+}
+
 TEST(CudaPrefill, GraphReplayMatchesDirectLaunch) {
   FP8KV_REQUIRE_GPU();
   for (DType dtype : {DType::kFp8E4M3, DType::kBFloat16}) {
@@ -117,12 +129,7 @@ TEST(CudaPrefill, GraphReplayMatchesDirectLaunch) {
 
     cudaStream_t stream;
     FP8KV_CUDA_CHECK(cudaStreamCreate(&stream));
-    cudaGraph_t graph;
-    cudaGraphExec_t exec;
-    FP8KV_CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
-    cuda::prefill(dev.args, {}, stream);
-    FP8KV_CUDA_CHECK(cudaStreamEndCapture(stream, &graph));
-    FP8KV_CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
+    const cudaGraphExec_t exec = capture_prefill(dev.args, stream);
     for (int replay = 0; replay < 3; ++replay) {
       dev.out.poison();
       FP8KV_CUDA_CHECK(cudaGraphLaunch(exec, stream));
@@ -134,7 +141,6 @@ TEST(CudaPrefill, GraphReplayMatchesDirectLaunch) {
       EXPECT_EQ(mismatches, 0u) << "replay " << replay << " differs from the direct launch";
     }
     FP8KV_CUDA_CHECK(cudaGraphExecDestroy(exec));
-    FP8KV_CUDA_CHECK(cudaGraphDestroy(graph));
     FP8KV_CUDA_CHECK(cudaStreamDestroy(stream));
   }
 }
@@ -166,20 +172,10 @@ TEST(CudaPrefill, GraphsCapturedApartReplayConcurrently) {
   cudaStream_t stream_a, stream_b;
   FP8KV_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_a, cudaStreamNonBlocking));
   FP8KV_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_b, cudaStreamNonBlocking));
-  auto capture = [&](const DenseOnDevice& dev, cudaStream_t stream) {
-    cudaGraph_t graph;
-    cudaGraphExec_t exec;
-    FP8KV_CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
-    cuda::prefill(dev.args, {}, stream);
-    FP8KV_CUDA_CHECK(cudaStreamEndCapture(stream, &graph));
-    FP8KV_CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
-    FP8KV_CUDA_CHECK(cudaGraphDestroy(graph));
-    return exec;
-  };
-  const cudaGraphExec_t exec_a = capture(a, stream_a);
+  const cudaGraphExec_t exec_a = capture_prefill(a.args, stream_a);
   for (int i = 0; i < 255; ++i) cuda::prefill(s.args);
   FP8KV_CUDA_CHECK(cudaDeviceSynchronize());
-  const cudaGraphExec_t exec_b = capture(b, stream_b);
+  const cudaGraphExec_t exec_b = capture_prefill(b.args, stream_b);
   for (int replay = 0; replay < 5; ++replay) {
     a.out.poison();
     b.out.poison();
