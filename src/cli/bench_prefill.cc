@@ -241,8 +241,9 @@ void run_bench(const Options& o) {
   }
   j["method"] = "CUDA events, median of " + std::to_string(o.repeats) + " single runs after " +
                 std::to_string(o.warmup) + " warm-up runs, 256 MiB L2 flush before each; fp8kv's four variants " +
-                (o.sequential ? "timed one after another" : "interleaved run by run") + "; equal-length packed sequences; TFLOP/s = 4*batch*h_q*L^2*d (/2 causal) / "
-                "time; fp8 = E4M3 Q/K/V with per-tensor descales, bf16 out";
+                (o.sequential ? "timed one after another" : "interleaved run by run") +
+                "; equal-length packed sequences; TFLOP/s = 4*batch*h_q*L^2*d (/2 causal) / time; fp8 = E4M3 Q/K/V "
+                "with per-tensor descales, bf16 out";
   std::string peer_status = "disabled (--no-peers)";
   std::map<std::string, std::map<std::string, double>> peers;
   if (o.peers) peers = run_peers(o, points, &peer_status);
