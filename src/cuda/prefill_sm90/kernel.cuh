@@ -22,6 +22,16 @@ namespace fp8kv::cuda::sm90 {
 // registers, and ptxas rebuilt the Q descriptors every turn (+20 instructions per turn).
 __device__ __forceinline__ int warp_uniform(int x) { return __shfl_sync(0xffffffffu, x, 0); }
 
+// `a` if kFirst, else `b` (arrays whose sizes differ with the template parameters).
+template <bool kFirst, class A, class B>
+__device__ __forceinline__ auto& pick(A& a, B& b) {
+  if constexpr (kFirst) {
+    return a;
+  } else {
+    return b;
+  }
+}
+
 __device__ __forceinline__ float load_descale(const float* ptr, int stride, int kv_head) {
   return ptr ? ptr[kv_head * stride] : 1.0f;
 }
@@ -74,20 +84,44 @@ __device__ void consumer_loop(const PrefillParams& p, const WorkTile& t, const S
   float o[G::kORegs];
 #pragma unroll
   for (int i = 0; i < G::kORegs; ++i) o[i] = 0.0f;
-  OnlineSoftmax<G::kSRegs> softmax;
+  // Conditional rescaling (softmax.cuh) and multi-tile promotion where they were measured to win
+  // (H100, 2026-11-24, A/B against the per-tile rescale and fold in one call, 3 runs each): FP8
+  // two-level at d 128 (Qwen3-8B 16k causal 3030 -> 2842 us, non-causal 6035 -> 5682, 1 x 4096
+  // 209 -> 197, Qwen3-0.6B 8 x 4096 825 -> 793) and BF16 (d 128 1.7-3.0% faster, Qwen3-0.6B
+  // 8 x 4096 within noise; d 64 level). The same code made FP8 at d 64 5% slower and FP8
+  // one-level 0.2-4% slower, so those keep the per-tile rescale (as does the paged FP8 kernel,
+  // which has no benchmark).
+  constexpr bool kConditional = !Traits::kFp8 || (kTwoLevel && Traits::kOverlap && Traits::kHeadDim == 128);
+  // The overlapped two-level schedule accumulates the P.V products of Traits::kPromoteTiles
+  // consecutive tiles in the tensor cores before promoting them into the FP32 O.
+  constexpr bool kGrouped = kConditional && kTwoLevel && Traits::kOverlap;
+  OnlineSoftmax<G::kSRegs, kConditional> softmax;
   softmax.init();
   // pa (P of the previous tile) lives across turns; S and the per-tile O are declared where they
   // are used: the wgmma asm reads its accumulators ("+f"), so an array that outlived its use
-  // would stay live across the loop and spill.
+  // would stay live across the loop. The grouped partial product (o_group) does live across turns.
   uint32_t pa[G::kPRegs];
-  float alpha_prev[2] = {1.0f, 1.0f};
+  // Zeroed although the first P.V product of a group overwrites it (accumulate = false): left
+  // undefined, ptxas (CUDA 13.0) spills 48 bytes in the dense FP8 d128 kernel and serialises its
+  // wgmmas ("insufficient register resources").
+  [[maybe_unused]] float o_group[kGrouped ? G::kORegs : 1];
+  if constexpr (kGrouped) {
+#pragma unroll
+    for (int i = 0; i < G::kORegs; ++i) o_group[i] = 0.0f;
+  }
+  // The factor that brings O to the max the pending partial product is at (the product of the
+  // softmax's factors since the last fold), and the previous tile's per-token V scale factor.
+  float alpha_acc[2] = {1.0f, 1.0f};
   float tile_v_scale_prev[2] = {1.0f, 1.0f};
+  // Grouped: K/V tile k ends its promotion group when (k + 1) & group_mask == 0.
+  constexpr int group_mask = Traits::kPromoteTiles - 1;
 
   // S of tile `iter` (in registers, stage `st` of K) -> unnormalised probabilities: per-token K
-  // scales, the mask, the online softmax, per-token V scales. Returns O's rescale factor and, with
-  // per-token V scales, the factor the tile's P.V product must be scaled back by.
+  // scales, the mask, the online softmax, per-token V scales. Returns O's rescale factor, whether
+  // any row of the warp moved its max (softmax.cuh) and, with per-token V scales, the factor the
+  // tile's P.V product must be scaled back by.
   auto scores_to_p = [&](float (&s)[G::kSRegs], int iter, const Stage& st, float (&alpha)[2],
-                         float (&tile_v_scale)[2]) {
+                         float (&tile_v_scale)[2]) -> bool {
     const int n0 = iter * Traits::kBlockN;
     if (token_scales) {
       const float* ks = sm.k_scale(st.index);
@@ -123,7 +157,7 @@ __device__ void consumer_loop(const PrefillParams& p, const WorkTile& t, const S
         }
       }
     }
-    softmax.step(s, scale_log2, alpha);
+    const bool moved = softmax.step(s, scale_log2, alpha);
     tile_v_scale[0] = tile_v_scale[1] = 1.0f;
     if (token_scales) {
       // P[i, j] * v_scale[j] / max over the row's visible keys of v_scale: in [0, 1] again, so E4M3
@@ -143,7 +177,7 @@ __device__ void consumer_loop(const PrefillParams& p, const WorkTile& t, const S
       float inv[2];
 #pragma unroll
       for (int r = 0; r < 2; ++r) {
-        const float m = OnlineSoftmax<G::kSRegs>::quad_max(vmax[r]);
+        const float m = decltype(softmax)::quad_max(vmax[r]);
         tile_v_scale[r] = m > 0.0f ? m : 1.0f;  // a row with no visible key here adds nothing
         inv[r] = 1.0f / tile_v_scale[r];
       }
@@ -157,36 +191,51 @@ __device__ void consumer_loop(const PrefillParams& p, const WorkTile& t, const S
       }
       Barrier::arrive(sm.k_empty(st.index));  // the scales of this stage are no longer needed
     }
+    return moved;
   };
-  // Two-level accumulation: O (at the running max of two tiles ago) moves to the previous tile's
-  // max and takes that tile's product, computed from zero by the tensor cores, in FP32.
-  // Without per-token V scales the tile's factor is 1: one FFMA per element instead of two
-  // instructions (the consumers are close to issue-bound, so this shows in the timings).
+  // Two-level accumulation: O moves (alpha_acc) to the max the partial product is at and takes
+  // that product, computed from zero by the tensor cores, in FP32. Without per-token V scales the
+  // tile's factor is 1: one FFMA per element instead of two instructions (the consumers are close
+  // to issue-bound, so this shows in the timings).
   auto fold_tile = [&](const float (&o_tile)[G::kORegs]) {
     if (token_scales) {
 #pragma unroll
       for (int j = 0; j < G::kORegs / 4; ++j) {
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
-          o[4 * j + e] = fmaf(o[4 * j + e], alpha_prev[e >> 1], o_tile[4 * j + e] * tile_v_scale_prev[e >> 1]);
+          o[4 * j + e] = fmaf(o[4 * j + e], alpha_acc[e >> 1], o_tile[4 * j + e] * tile_v_scale_prev[e >> 1]);
         }
       }
     } else {
 #pragma unroll
       for (int j = 0; j < G::kORegs / 4; ++j) {
 #pragma unroll
-        for (int e = 0; e < 4; ++e) o[4 * j + e] = fmaf(o[4 * j + e], alpha_prev[e >> 1], o_tile[4 * j + e]);
+        for (int e = 0; e < 4; ++e) o[4 * j + e] = fmaf(o[4 * j + e], alpha_acc[e >> 1], o_tile[4 * j + e]);
       }
     }
   };
-  // After the softmax of a tile: one-level rescales O now (its P.V product has landed); two-level
-  // keeps the factors for the fold of the next turn.
-  auto after_softmax = [&](const float (&alpha)[2], const float (&tile_v_scale)[2]) {
+  // After the softmax of tile `iter`, once the P.V product of tile iter - 1 has landed. One-level
+  // rescales O (conditional: if a row of the warp moved its max). Two-level: a partial product
+  // that ends its group (ungrouped: every tile's) has just been folded: O is at tile iter - 1's max
+  // and alpha_acc becomes this tile's factor. Inside a group, the partial product moves to this
+  // tile's max before the next P.V accumulates into it, and O's pending factor takes this tile's.
+  // The warp-uniform branches hold register math only (no wgmma).
+  auto after_softmax = [&](int iter, const float (&alpha)[2], const float (&tile_v_scale)[2], bool moved) {
     if constexpr (kTwoLevel) {
-      alpha_prev[0] = alpha[0];
-      alpha_prev[1] = alpha[1];
+      if constexpr (kGrouped) {
+        if ((iter & group_mask) != 0) {
+          alpha_acc[0] *= alpha[0];
+          alpha_acc[1] *= alpha[1];
+          if (moved) scale_rows(o_group, alpha);
+          return;
+        }
+      }
+      alpha_acc[0] = alpha[0];
+      alpha_acc[1] = alpha[1];
       tile_v_scale_prev[0] = tile_v_scale[0];
       tile_v_scale_prev[1] = tile_v_scale[1];
+    } else if constexpr (kConditional) {
+      if (moved) scale_rows(o, alpha);
     } else {
       scale_rows(o, alpha);
     }
@@ -207,13 +256,18 @@ __device__ void consumer_loop(const PrefillParams& p, const WorkTile& t, const S
 
     float s[G::kSRegs];
     float alpha[2], tile_v_scale[2];
+    bool moved = false;
     if constexpr (Traits::kPingPong) pingpong_sync(warpgroup);
     if constexpr (Traits::kOverlap) {
       // Q.K^T of this tile and P.V of the previous one are issued together. P stays in S's fp32
-      // registers until P.V has read the previous P fragments.
-      [[maybe_unused]] float o_tile[kTwoLevel ? G::kORegs : 1];
+      // registers until P.V has read the previous P fragments. Grouped: P.V of tile iter - 1
+      // starts a new partial product when that tile begins a promotion group (a runtime operand
+      // of the wgmma, not a branch).
+      [[maybe_unused]] float o_tile[kTwoLevel && !kGrouped ? G::kORegs : 1];
+      auto& partial = pick<kGrouped>(o_group, o_tile);
       fence_registers(o);
       fence_registers(pa);
+      if constexpr (kGrouped) fence_registers(o_group);
       cute::warpgroup_arrive();
       if constexpr (kHasQK) {
         G::issue_qk(s, desc_q, desc_k0, st.index);
@@ -221,7 +275,7 @@ __device__ void consumer_loop(const PrefillParams& p, const WorkTile& t, const S
       }
       if constexpr (kHasPV) {
         if constexpr (kTwoLevel) {
-          G::issue_pv(o_tile, pa, desc_v0, prev.index, false);
+          G::issue_pv(partial, pa, desc_v0, prev.index, kGrouped && ((iter - 1) & group_mask) != 0);
         } else {
           G::issue_pv(o, pa, desc_v0, prev.index, true);
         }
@@ -231,19 +285,20 @@ __device__ void consumer_loop(const PrefillParams& p, const WorkTile& t, const S
       if constexpr (kHasQK) {
         cute::warpgroup_wait<kHasPV ? 1 : 0>();
         fence_registers(s);
-        scores_to_p(s, iter, st, alpha, tile_v_scale);
+        moved = scores_to_p(s, iter, st, alpha, tile_v_scale);
       }
       if constexpr (kHasPV) {
         cute::warpgroup_wait<0>();
         fence_registers(o);
         if constexpr (kTwoLevel) {
-          fence_registers(o_tile);
-          fold_tile(o_tile);
+          fence_registers(partial);
+          // The last turn always folds; otherwise tile iter - 1 ends its group when iter starts one.
+          if (!kGrouped || !kHasQK || (iter & group_mask) == 0) fold_tile(partial);
         }
         Barrier::arrive(v_empty);
       }
       if constexpr (!kHasQK) return;
-      after_softmax(alpha, tile_v_scale);
+      after_softmax(iter, alpha, tile_v_scale, moved);
     } else {
       if constexpr (kHasPV && kTwoLevel) {
         // The tile's product is folded into O before Q.K^T is issued, so that S and the per-tile
@@ -270,8 +325,16 @@ __device__ void consumer_loop(const PrefillParams& p, const WorkTile& t, const S
       if constexpr (kHasPV && !kTwoLevel) Barrier::arrive(v_empty);
       if constexpr (!kHasQK) return;
       fence_registers(s);
-      scores_to_p(s, iter, st, alpha, tile_v_scale);
-      after_softmax(alpha, tile_v_scale);
+      moved = scores_to_p(s, iter, st, alpha, tile_v_scale);
+      if constexpr (kConditional) {
+        // BF16 packs P before the rescale branch (H100, 2026-11-24, an earlier form of the
+        // conditional softmax: 16k 1.5-2.9% faster than with the branch between the exponentials
+        // and the packing).
+        G::make_p_fragments(s, pa);
+        after_softmax(iter, alpha, tile_v_scale, moved);
+        return;
+      }
+      after_softmax(iter, alpha, tile_v_scale, moved);
     }
     G::make_p_fragments(s, pa);
   };

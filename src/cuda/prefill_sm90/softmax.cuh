@@ -3,7 +3,23 @@
 // Each thread holds two rows (r and r + 8 of its warp's 16) and, per row, 2 columns of every
 // 8-column group; the 4 threads of a quad together hold whole rows, so row reductions are two
 // xor-shuffles. Statistics are FP32. The exponentials run on exp2 with log2(e) and every descale
-// folded into one multiplier (scale_log2); the row max is kept in raw S units.
+// folded into one multiplier (scale_log2).
+//
+// Conditional rescaling (kConditional; kernel.cuh says which kernels use it): a row's factor is
+// exactly 1 unless the tile raised its max, and when no row of a warp raised its max (a vote) the
+// O rescale is skipped; past the first few tiles of a long row that is most tiles. The
+// unconditional form computes every factor as exp2 of (old max - new max), which an FFMA turns
+// into 1 +- a few ulp when the max did not move. Measured with one-level FP8 accumulation (H100,
+// 2026-11-24, same seed): long-context retrieval error at 128k keys 3.24e-2 with that factor,
+// 1.65e-3 with the exact 1 (64k 1.43e-2 -> 1.79e-3, 32k 7.6e-3 -> 1.7e-3), presumably because
+// each FP32 multiply by 1 +- ulp refreshes low bits of O that the FP8 tensor cores truncate again
+// on the next accumulation.
+// Measured and not kept: FlashAttention-4's threshold (move the max only when a tile exceeds it
+// by more than 8 in log2 units, so P <= 256). It ran no faster than the exact max (Qwen3-8B 16k
+// causal 2831-2879 us against 2822-2856, separate device calls), and the dominant probability is
+// then 2^d (d in [0, 8]) instead of exactly 1: its E4M3 rounding (up to 6%) broke the bound of 2x
+// the naive same-precision error on peaked rows (CudaPrefill accumulation-mode test, 1.57e-2
+// against 1.44e-2).
 #pragma once
 
 #include <cmath>
@@ -12,8 +28,9 @@
 
 namespace fp8kv::cuda::sm90 {
 
-template <int kSRegs>
+template <int kSRegs, bool kConditional>
 struct OnlineSoftmax {
+  // -inf until the row has seen a visible key; conditional: scaled (log2) units, else raw S units.
   float row_max[2];
   float row_sum[2];  // per thread partial sums; reduced over the quad once, at the end
 
@@ -32,11 +49,14 @@ struct OnlineSoftmax {
   }
 
   // Turns S (raw, masked entries = -inf) into unnormalised probabilities in place and returns the
-  // factors by which the O accumulator rows must be rescaled. The row max and the row sum are
-  // split over 4 independent partial accumulators per row: an SM sub-partition runs only one warp
-  // of each consumer warpgroup, so long dependency chains would leave its pipes idle (measured on
-  // the H100: FP8 one-level 7-18% faster than with one running max and sum).
-  __device__ void step(float (&s)[kSRegs], float scale_log2, float (&alpha)[2]) {
+  // factors by which the O accumulator rows must be rescaled and (conditional) whether any row of
+  // this warp moved its max (otherwise every factor of the warp is 1 and the rescale can be
+  // skipped; unconditional: true). The
+  // row max and the row sum are split over 4 independent partial accumulators per row: an SM
+  // sub-partition runs only one warp of each consumer warpgroup, so long dependency chains would
+  // leave its pipes idle (measured on the H100: FP8 one-level 7-18% faster than with one running
+  // max and sum).
+  __device__ bool step(float (&s)[kSRegs], float scale_log2, float (&alpha)[2]) {
     constexpr int kGroups = kSRegs / 4;
     static_assert(kGroups % 4 == 0, "4 partial accumulators per row");
     float m[2];
@@ -47,21 +67,34 @@ struct OnlineSoftmax {
       for (int k = 0; k < 4; ++k) part[k] = fmaxf(s[4 * k + 2 * r], s[4 * k + 2 * r + 1]);
 #pragma unroll
       for (int j = 4; j < kGroups; ++j) part[j % 4] = fmaxf(part[j % 4], fmaxf(s[4 * j + 2 * r], s[4 * j + 2 * r + 1]));
-      m[r] = fmaxf(fmaxf(fmaxf(part[0], part[1]), fmaxf(part[2], part[3])), row_max[r]);
+      m[r] = fmaxf(fmaxf(part[0], part[1]), fmaxf(part[2], part[3]));
+      if constexpr (!kConditional) m[r] = fmaxf(m[r], row_max[r]);
     }
 #pragma unroll
     for (int r = 0; r < 2; ++r) m[r] = fmaxf(m[r], __shfl_xor_sync(0xffffffffu, m[r], 1));
 #pragma unroll
     for (int r = 0; r < 2; ++r) m[r] = fmaxf(m[r], __shfl_xor_sync(0xffffffffu, m[r], 2));
-    float m_scaled[2];
+    float base[2];
+    [[maybe_unused]] bool move[2];
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
-      // A row that has seen only masked keys keeps max = -inf; exponentiate against 0 so every
-      // probability is exp2(-inf) = 0 rather than NaN.
-      m_scaled[r] = m[r] == -INFINITY ? 0.0f : m[r] * scale_log2;
-      alpha[r] = row_max[r] == -INFINITY ? (m[r] == -INFINITY ? 1.0f : 0.0f)
-                                         : fast_exp2(row_max[r] * scale_log2 - m_scaled[r]);
-      row_max[r] = m[r];
+      // A row that has seen only masked keys keeps max = -inf and exponentiates against 0, so
+      // every probability is exp2(-inf) = 0 rather than NaN.
+      if constexpr (kConditional) {
+        // Against row_max = -inf any finite tile max moves it, and alpha = exp2(-inf) = 0 clears
+        // nothing but zeros. Scaling is monotonic (scale_log2 > 0): the max of the scaled tile
+        // maxima is the scaled max.
+        const float tile_max = m[r] * scale_log2;
+        move[r] = tile_max > row_max[r];
+        alpha[r] = move[r] ? fast_exp2(row_max[r] - tile_max) : 1.0f;
+        if (move[r]) row_max[r] = tile_max;
+        base[r] = row_max[r] == -INFINITY ? 0.0f : row_max[r];
+      } else {
+        base[r] = m[r] == -INFINITY ? 0.0f : m[r] * scale_log2;
+        alpha[r] = row_max[r] == -INFINITY ? (m[r] == -INFINITY ? 1.0f : 0.0f)
+                                           : fast_exp2(row_max[r] * scale_log2 - base[r]);
+        row_max[r] = m[r];
+      }
     }
     float sum[2][4];
 #pragma unroll
@@ -69,7 +102,7 @@ struct OnlineSoftmax {
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         float& x = s[4 * j + e];
-        x = fast_exp2(fmaf(x, scale_log2, -m_scaled[e >> 1]));
+        x = fast_exp2(fmaf(x, scale_log2, -base[e >> 1]));
         if (j < 2) {
           sum[e >> 1][2 * j + (e & 1)] = x;
         } else {
@@ -79,6 +112,11 @@ struct OnlineSoftmax {
     }
 #pragma unroll
     for (int r = 0; r < 2; ++r) row_sum[r] = row_sum[r] * alpha[r] + ((sum[r][0] + sum[r][1]) + (sum[r][2] + sum[r][3]));
+    if constexpr (kConditional) {
+      return __any_sync(0xffffffffu, move[0] || move[1]);
+    } else {
+      return true;
+    }
   }
 
   // 1 / (row sum) per row, 0 for a row without keys (its output is defined as zero).
