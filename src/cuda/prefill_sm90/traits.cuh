@@ -52,7 +52,8 @@ struct PrefillTraits {
   // Two-level accumulation promotes the tensor cores' partial P.V product into the FP32 O once
   // every kPromoteTiles K/V tiles (512 keys: one-level is already accepted for chains of
   // PrefillOptions::one_level_max_keys = 512), where kernel.cuh groups tiles (the overlapped FP8
-  // schedule at d 128). Measured (H100, 2026-11-24, one call): 2 tiles within +-1% of 4.
+  // schedule at d 128). Measured (H100, 2026-11-24, one call, 2 runs each): 2 tiles within
+  // +-1.5% of 4 at every bench point.
   static constexpr int kPromoteTiles = 4;
   static_assert((kPromoteTiles & (kPromoteTiles - 1)) == 0, "group ends are found with a mask");
   static constexpr int kConsumerWarpgroups = 2;
