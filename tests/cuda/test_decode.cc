@@ -398,6 +398,29 @@ TEST(PagedDecode, SplitCountsFromOptions) {
   check_case(c);
 }
 
+// Block sizes 128 and 256 (the other tests use 16 and 64): a block's warps share pages, sequences
+// end inside pages, and split ranges start at multiples of 128 keys, so at block size 256 inside a
+// page.
+TEST(PagedDecode, LargeBlocksAndPageSpans) {
+  FP8KV_REQUIRE_GPU();
+  const Format formats[] = {{DType::kFp8E4M3, ScaleGranularity::kPerToken},
+                            {DType::kBFloat16, ScaleGranularity::kPerTensor},
+                            {DType::kFp8E5M2, ScaleGranularity::kPerHead}};
+  for (const Format& f : formats) {
+    for (int block_size : {128, 256}) {
+      for (int d : {64, 128}) {
+        DecodeCase c;
+        c.storage = f.storage;
+        c.granularity = f.granularity;
+        c.head_dim = d;
+        c.block_size = block_size;
+        c.seq_lens = {1, block_size - 1, block_size + 1, 5000, 20000};
+        check_case(c);
+      }
+    }
+  }
+}
+
 // The balanced partition of equal planned lengths (block rows of W keys over the sequences laid
 // end to end, crossing from one sequence into the next), forced: the heuristic keeps it for
 // batches too large for the CPU reference. 3 x 20000 keys over 2 KV heads is 130 rows of 464 keys
