@@ -140,6 +140,21 @@ int heads_per_section(int64_t keys, int head_dim, int elem_bytes, int num_kv_hea
   return kv_heads * head_group;
 }
 
+// The parameters the dense and paged kernels fill alike: shapes, the softmax scale, causality, the
+// grid sections (sized for sequences of `keys` keys) and the accumulation options.
+void set_common_params(PrefillParams& p, int64_t batch, int num_q_heads, int num_kv_heads, int head_dim, int elem_bytes,
+                       int64_t keys, float softmax_scale, bool causal, const PrefillOptions& options) {
+  p.batch = static_cast<int>(batch);
+  p.num_q_heads = num_q_heads;
+  p.num_kv_heads = num_kv_heads;
+  p.head_group = num_q_heads / num_kv_heads;
+  p.softmax_scale_log2 = static_cast<float>(softmax_scale * kLog2e);
+  p.causal = causal;
+  p.heads_per_section = heads_per_section(keys, head_dim, elem_bytes, num_kv_heads, p.head_group, causal);
+  p.two_level = options.two_level_accumulation;
+  p.one_level_max_keys = options.one_level_max_keys;
+}
+
 // An upper bound on sum_b ceil(len_b / kBlockM) that needs only total_q and batch.
 int grid_blocks(int64_t total_q, int64_t batch, int block_m) {
   return static_cast<int>((total_q + (block_m - 1) * batch) / block_m);
@@ -185,17 +200,8 @@ void prefill(const PrefillArgs& args, const PrefillOptions& options, void* strea
   set_descale(args.q_descale, p.q_descale, p.q_descale_stride);
   set_descale(args.k_descale, p.k_descale, p.k_descale_stride);
   set_descale(args.v_descale, p.v_descale, p.v_descale_stride);
-  p.batch = static_cast<int>(batch);
-  p.num_q_heads = num_q_heads;
-  p.num_kv_heads = num_kv_heads;
-  p.head_group = num_q_heads / num_kv_heads;
-  p.softmax_scale_log2 = static_cast<float>(args.softmax_scale * kLog2e);
-  p.causal = args.causal;
-  const int elem_bytes = static_cast<int>(dtype_size(args.q.dtype));
-  p.heads_per_section = heads_per_section(total_k / std::max<int64_t>(1, batch), head_dim, elem_bytes, num_kv_heads,
-                                          p.head_group, args.causal);
-  p.two_level = options.two_level_accumulation;
-  p.one_level_max_keys = options.one_level_max_keys;
+  set_common_params(p, batch, num_q_heads, num_kv_heads, head_dim, static_cast<int>(dtype_size(args.q.dtype)),
+                    total_k / std::max<int64_t>(1, batch), args.softmax_scale, args.causal, options);
   k.launch(p, grid_blocks(total_q, batch, k.block_m), static_cast<cudaStream_t>(stream));
 }
 
@@ -243,17 +249,9 @@ void paged_prefill(const PagedPrefillArgs& args, const PrefillOptions& options, 
   }
   set_descale(args.q_descale, p.q_descale, p.q_descale_stride);
   p.out = args.out.ptr<__nv_bfloat16>();
-  p.batch = static_cast<int>(batch);
-  p.num_q_heads = num_q_heads;
-  p.num_kv_heads = layout.num_kv_heads;
-  p.head_group = num_q_heads / layout.num_kv_heads;
-  p.softmax_scale_log2 = static_cast<float>(args.softmax_scale * kLog2e);
-  p.causal = true;
-  p.heads_per_section = heads_per_section(args.block_tables.size(1) * static_cast<int64_t>(layout.block_size),
-                                          layout.head_dim, static_cast<int>(dtype_size(args.cache.dtype)), layout.num_kv_heads,
-                                          p.head_group, true);
-  p.two_level = options.two_level_accumulation;
-  p.one_level_max_keys = options.one_level_max_keys;
+  set_common_params(p, batch, num_q_heads, layout.num_kv_heads, layout.head_dim,
+                    static_cast<int>(dtype_size(args.cache.dtype)),
+                    args.block_tables.size(1) * static_cast<int64_t>(layout.block_size), args.softmax_scale, true, options);
   k.launch(p, grid_blocks(total_q, batch, k.block_m), static_cast<cudaStream_t>(stream));
 }
 
