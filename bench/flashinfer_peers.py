@@ -1,7 +1,9 @@
 """fp8kv beside FlashInfer: FP8 paged decode and FP8 prefill, same shapes, same cache, same scales.
 
-Both libraries read the very same FP8 E4M3 pages: fp8kv's cache is HND ([num_blocks, num_kv_heads,
-block_size, head_dim]), FlashInfer's kv_layout="HND" is the same layout, so FlashInfer is handed
+Both libraries read the very same FP8 E4M3 pages: with 16-token pages fp8kv's cache is HND
+([num_blocks, num_kv_heads, block_size, head_dim]; FP8 blocks of more than 16 tokens would be
+16-token sub-blocks, which FlashInfer cannot read), FlashInfer's kv_layout="HND" is the same
+layout, so FlashInfer is handed
 zero-copy torch views of fp8kv's pools and the same per-tensor K/V scales. Each row also records
 how far the two outputs are apart (a wrong kernel is not a fast kernel).
 

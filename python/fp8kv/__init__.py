@@ -183,8 +183,10 @@ class KvCache(_ext.KvCache):
 
     ``KvCache(num_layers, num_kv_heads, head_dim, num_blocks, block_size=16, kv_cache_dtype="fp8",
     kv_scales="per_tensor", device="cpu", model_dtype="bfloat16")``, or ``KvCache.from_plan(plan,
-    model, device)``. Layout per layer (HND): K and V pools ``[num_blocks, num_kv_heads,
-    block_size, head_dim]``. Sequences: ``create_sequence``, ``append_tokens`` (returns the slots
+    model, device)``. Layout per layer: K and V pools ``[num_blocks, num_kv_heads, block_size,
+    head_dim]`` (HND) when ``sub_block_size == block_size`` (16-bit storage, FP8 blocks of up to 16
+    tokens); FP8 blocks of more tokens are stored as 16-token sub-blocks, ``[num_blocks,
+    block_size // 16, num_kv_heads, 16, head_dim]``. Sequences: ``create_sequence``, ``append_tokens`` (returns the slots
     to write), ``fork`` (copy-on-write), ``free_sequence``, ``block_table(s)``, ``seq_lens``.
     """
 

@@ -177,6 +177,12 @@ class KvCache:
     def block_size(self) -> int: ...
 
     @property
+    def sub_block_size(self) -> int:
+        """
+        Tokens per head-major run of a block: block_size, or 16 for FP8 blocks of more than 16 tokens.
+        """
+
+    @property
     def num_blocks(self) -> int: ...
 
     @property
@@ -239,12 +245,12 @@ class KvCache:
 
     def k_pool(self, layer: int) -> object:
         """
-        Layer's K pool [num_blocks, num_kv_heads, block_size, head_dim] as storage-width unsigned ints.
+        Layer's K pool as storage-width unsigned ints: [num_blocks, num_kv_heads, block_size, head_dim], or [num_blocks, block_size // sub_block_size, num_kv_heads, sub_block_size, head_dim] when sub_block_size < block_size.
         """
 
     def v_pool(self, layer: int) -> object:
         """
-        Layer's V pool [num_blocks, num_kv_heads, block_size, head_dim] as storage-width unsigned ints.
+        Layer's V pool, shaped like k_pool.
         """
 
     def k_token_scales(self, layer: int) -> object | None:

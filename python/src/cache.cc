@@ -86,13 +86,22 @@ nb::dlpack::dtype storage_bits_dtype(DType storage) {
                            static_cast<uint8_t>(dtype_size(storage) * 8), 1};
 }
 
+// A pool as its physical array (paged_cache.h): [num_blocks, num_kv_heads, block_size, head_dim]
+// when blocks are whole head-major runs (16-bit storage, FP8 blocks of up to 16 tokens), else
+// [num_blocks, block_size / sub_block_size, num_kv_heads, sub_block_size, head_dim].
 nb::object pool_view(PyKvCache& cache, int layer, bool key) {
   const PagedKvLayer l = cache.layer(layer);
-  const KvCacheSpec& s = cache.spec();
-  return view(cache, key ? l.k : l.v,
-              {static_cast<size_t>(s.num_blocks), static_cast<size_t>(s.num_kv_heads), static_cast<size_t>(s.block_size),
-               static_cast<size_t>(s.head_dim)},
-              storage_bits_dtype(s.dtype));
+  const PagedLayout& layout = l.layout;
+  const auto n = [](int64_t x) { return static_cast<size_t>(x); };
+  void* data = key ? l.k : l.v;
+  const nb::dlpack::dtype bits = storage_bits_dtype(l.dtype);
+  if (layout.sub_block_size == layout.block_size) {
+    return view(cache, data, {n(l.num_blocks), n(layout.num_kv_heads), n(layout.block_size), n(layout.head_dim)}, bits);
+  }
+  return view(cache, data,
+              {n(l.num_blocks), n(layout.block_size / layout.sub_block_size), n(layout.num_kv_heads),
+               n(layout.sub_block_size), n(layout.head_dim)},
+              bits);
 }
 
 std::optional<nb::object> token_scale_view(PyKvCache& cache, int layer, bool key) {
@@ -166,6 +175,8 @@ void bind_cache(nb::module_& m) {
       .def_prop_ro("num_kv_heads", [](const PyKvCache& c) { return c.spec().num_kv_heads; })
       .def_prop_ro("head_dim", [](const PyKvCache& c) { return c.spec().head_dim; })
       .def_prop_ro("block_size", [](const PyKvCache& c) { return c.spec().block_size; })
+      .def_prop_ro("sub_block_size", [](const PyKvCache& c) { return c.spec().layout().sub_block_size; },
+                   "Tokens per head-major run of a block: block_size, or 16 for FP8 blocks of more than 16 tokens.")
       .def_prop_ro("num_blocks", [](const PyKvCache& c) { return c.spec().num_blocks; })
       .def_prop_ro("kv_cache_dtype", [](const PyKvCache& c) { return std::string(kv_cache_dtype_name(c.spec().dtype)); })
       .def_prop_ro("kv_scales", [](const PyKvCache& c) { return std::string(scale_granularity_name(c.spec().granularity)); })
@@ -266,9 +277,11 @@ void bind_cache(nb::module_& m) {
           "Sets a layer's static K and V scales (per_tensor: 1 value each, per_head: num_kv_heads). "
           "Convention: stored = fp8(x / scale), x ~= stored * scale.")
       .def("k_pool", [](PyKvCache& c, int layer) { return pool_view(c, layer, true); }, nb::arg("layer"),
-           "Layer's K pool [num_blocks, num_kv_heads, block_size, head_dim] as storage-width unsigned ints.")
+           "Layer's K pool as storage-width unsigned ints: [num_blocks, num_kv_heads, block_size, head_dim], or "
+           "[num_blocks, block_size // sub_block_size, num_kv_heads, sub_block_size, head_dim] when "
+           "sub_block_size < block_size.")
       .def("v_pool", [](PyKvCache& c, int layer) { return pool_view(c, layer, false); }, nb::arg("layer"),
-           "Layer's V pool [num_blocks, num_kv_heads, block_size, head_dim] as storage-width unsigned ints.")
+           "Layer's V pool, shaped like k_pool.")
       .def("k_token_scales", [](PyKvCache& c, int layer) { return token_scale_view(c, layer, true); },
            nb::arg("layer"), "per_token caches: K scales [num_blocks, num_kv_heads, block_size] float32; else None.")
       .def("v_token_scales", [](PyKvCache& c, int layer) { return token_scale_view(c, layer, false); },

@@ -88,7 +88,7 @@ double time_fp8kv(const Shape& s, int batch, int context, int block_size, const 
   const int64_t blocks_per_seq = (context + block_size - 1) / block_size;
   const int64_t num_blocks = blocks_per_seq * batch;
   PagedKvLayer cache;
-  cache.layout = PagedLayout{s.num_kv_heads, block_size, s.head_dim};
+  cache.layout = paged_layout(v.storage, s.num_kv_heads, block_size, s.head_dim);
   cache.num_blocks = num_blocks;
   cache.dtype = v.storage;
   cache.granularity = v.granularity;

@@ -31,6 +31,12 @@ void check_head_dim(int64_t head_dim, const std::string& argument) {
 
 }  // namespace
 
+PagedLayout paged_layout(DType storage, int num_kv_heads, int block_size, int head_dim) {
+  check_block_size(block_size, "block_size");
+  const int sub = is_fp8(storage) && block_size > kFp8SubBlockSize ? kFp8SubBlockSize : block_size;
+  return PagedLayout{num_kv_heads, static_cast<int16_t>(block_size), static_cast<int16_t>(sub), head_dim};
+}
+
 void KvCacheSpec::validate() const {
   FP8KV_REQUIRE(num_layers > 0, "num_layers", "must be > 0, got ", num_layers);
   FP8KV_REQUIRE(num_kv_heads > 0, "num_kv_heads", "must be > 0, got ", num_kv_heads);
@@ -46,6 +52,14 @@ void PagedKvLayer::validate(const char* argument) const {
   FP8KV_REQUIRE(layout.num_kv_heads > 0, a + ".num_kv_heads", "must be > 0, got ", layout.num_kv_heads);
   check_head_dim(layout.head_dim, a + ".head_dim");
   check_block_size(layout.block_size, a + ".block_size");
+  // The decode kernel reads 16-token tiles that must each lie in one sub-block.
+  const int sub = layout.sub_block_size;
+  FP8KV_REQUIRE(is_power_of_two(sub) && sub <= layout.block_size && (sub >= 16 || sub == layout.block_size),
+                a + ".sub_block_size", "must be block_size (", layout.block_size,
+                ") or a power of two in [16, block_size] (use paged_layout()), got ", sub);
+  FP8KV_REQUIRE(layout.block_elements() <= std::numeric_limits<int32_t>::max(), a + ".num_kv_heads",
+                "num_kv_heads * block_size * head_dim must fit in int32 (offsets inside a block), got ",
+                layout.block_elements());
   check_num_blocks(num_blocks, a + ".num_blocks");
   FP8KV_REQUIRE(is_kv_storage_dtype(dtype), a + ".dtype", "must be one of bf16, fp16, fp8_e4m3, fp8_e5m2, got ",
                 dtype_name(dtype));

@@ -228,16 +228,21 @@ void paged_prefill(const PagedPrefillArgs& args, const PrefillOptions& options, 
   p.tma_q = make_tensor_map<3>(args.q.data, args.q.dtype,
                                {static_cast<cuuint64_t>(layout.head_dim), static_cast<cuuint64_t>(num_q_heads), static_cast<cuuint64_t>(total_q)},
                                {box_inner, 1, static_cast<cuuint32_t>(k.block_m)}, k.swizzle, "q");
-  const cuuint64_t pool_dims[4] = {static_cast<cuuint64_t>(layout.head_dim), static_cast<cuuint64_t>(layout.block_size),
-                                   static_cast<cuuint64_t>(layout.num_kv_heads), static_cast<cuuint64_t>(args.cache.num_blocks)};
-  const cuuint32_t page_box[4] = {box_inner, static_cast<cuuint32_t>(std::min(layout.block_size, k.block_n)), 1, 1};
-  p.tma_k = make_tensor_map<4>(args.cache.k, args.cache.dtype, pool_dims, page_box, k.swizzle, "cache");
-  p.tma_v = make_tensor_map<4>(args.cache.v, args.cache.dtype, pool_dims, page_box, k.swizzle, "cache");
+  // The pool as [num_blocks][sub-blocks][num_kv_heads][sub_block_size][head_dim] (paged_cache.h;
+  // one sub-block per block for 16-bit storage): one box is up to 128 rows of one sub-block.
+  const cuuint64_t pool_dims[5] = {static_cast<cuuint64_t>(layout.head_dim), static_cast<cuuint64_t>(layout.sub_block_size),
+                                   static_cast<cuuint64_t>(layout.num_kv_heads),
+                                   static_cast<cuuint64_t>(layout.block_size / layout.sub_block_size),
+                                   static_cast<cuuint64_t>(args.cache.num_blocks)};
+  const cuuint32_t page_box[5] = {box_inner, static_cast<cuuint32_t>(std::min<int>(layout.sub_block_size, k.block_n)), 1, 1, 1};
+  p.tma_k = make_tensor_map<5>(args.cache.k, args.cache.dtype, pool_dims, page_box, k.swizzle, "cache");
+  p.tma_v = make_tensor_map<5>(args.cache.v, args.cache.dtype, pool_dims, page_box, k.swizzle, "cache");
   p.cu_seqlens_q = args.cu_seqlens_q.ptr<const int32_t>();
   p.seq_lens = args.seq_lens.ptr<const int32_t>();
   p.block_tables = args.block_tables.ptr<const int32_t>();
   p.max_blocks_per_seq = static_cast<int>(args.block_tables.size(1));
   p.block_size = layout.block_size;
+  p.sub_block_size = layout.sub_block_size;
   if (args.cache.has_token_scales()) {
     p.k_token_scale = args.cache.k_token_scale;
     p.v_token_scale = args.cache.v_token_scale;

@@ -175,6 +175,67 @@ TEST(KvCache, PagedLayerValidationNamesTheMissingPointer) {
   EXPECT_THROW(l.validate(), InvalidArgument);
 }
 
+TEST(PagedLayout, StorageChoosesTheSubBlockSize) {
+  EXPECT_EQ(paged_layout(DType::kFp8E4M3, 8, 64, 128).sub_block_size, 16);
+  EXPECT_EQ(paged_layout(DType::kFp8E5M2, 8, 256, 128).sub_block_size, 16);
+  EXPECT_EQ(paged_layout(DType::kFp8E4M3, 8, 16, 128).sub_block_size, 16);
+  EXPECT_EQ(paged_layout(DType::kFp8E4M3, 8, 8, 128).sub_block_size, 8);
+  EXPECT_EQ(paged_layout(DType::kBFloat16, 8, 64, 128).sub_block_size, 64);
+  EXPECT_EQ(paged_layout(DType::kFloat16, 8, 256, 64).sub_block_size, 256);
+  KvCacheSpec s = small_spec(DType::kFp8E4M3, ScaleGranularity::kPerTensor);
+  s.block_size = 128;
+  EXPECT_EQ(s.layout().sub_block_size, 16);
+  s.dtype = DType::kBFloat16;
+  EXPECT_EQ(s.layout().sub_block_size, 128);
+}
+
+// token_offset() against the documented array k[block][sub-block][head][token in sub-block][d],
+// computed the plain way, and every (block, head, position) row owning its own head_dim elements.
+TEST(PagedLayout, TokenOffsetIsTheDocumentedArrayAndABijection) {
+  for (int block_size : {8, 16, 32, 64, 256}) {
+    for (int sub : {block_size, 16, 32}) {
+      if (sub > block_size || (sub < 16 && sub != block_size)) continue;
+      const PagedLayout l{3, static_cast<int16_t>(block_size), static_cast<int16_t>(sub), 32};
+      const int64_t blocks = 3;
+      std::vector<int> owner(static_cast<size_t>(blocks * l.block_elements()), -1);
+      for (int64_t b = 0; b < blocks; ++b) {
+        for (int h = 0; h < l.num_kv_heads; ++h) {
+          for (int p = 0; p < block_size; ++p) {
+            const int64_t plain =
+                (((b * (block_size / sub) + p / sub) * l.num_kv_heads + h) * sub + p % sub) * l.head_dim;
+            ASSERT_EQ(l.token_offset(b, h, p), plain) << "bs " << block_size << " sub " << sub;
+            ASSERT_EQ(l.element_offset(b, h, p, 5), plain + 5);
+            for (int c = 0; c < l.head_dim; ++c) {
+              int& o = owner[static_cast<size_t>(plain + c)];
+              ASSERT_EQ(o, -1) << "two rows share an element";
+              o = static_cast<int>((b * l.num_kv_heads + h) * block_size + p);
+            }
+          }
+        }
+      }
+      for (int o : owner) ASSERT_NE(o, -1) << "an element no row owns";
+    }
+  }
+}
+
+TEST(PagedLayout, ValidationNamesABadSubBlockSize) {
+  KvCache cache(small_spec(DType::kFp8E4M3, ScaleGranularity::kPerTensor));
+  PagedKvLayer l = cache.layer(0);
+  for (int bad : {0, 4, 3, 16}) {  // block size 8: only 8 is allowed
+    l.layout.sub_block_size = bad;
+    testing::expect_invalid_argument([&] { l.validate("cache"); }, "cache.sub_block_size");
+  }
+  l.layout.block_size = 64;
+  for (int bad : {8, 24, 128}) {
+    l.layout.sub_block_size = bad;
+    testing::expect_invalid_argument([&] { l.validate("cache"); }, "cache.sub_block_size");
+  }
+  for (int good : {16, 32, 64}) {
+    l.layout.sub_block_size = good;
+    EXPECT_NO_THROW(l.validate("cache"));
+  }
+}
+
 #if !defined(FP8KV_WITH_CUDA)
 TEST(KvCache, DeviceMemoryNeedsACudaBuild) {
   EXPECT_THROW(KvCache(small_spec(DType::kFp8E4M3, ScaleGranularity::kPerTensor), Device::kCuda), Unsupported);

@@ -26,11 +26,13 @@ struct WriteCase {
   int head_dim;
   DType input;
   bool rope;
+  int block_size;  // FP8 storage of 32-token blocks is two 16-token sub-blocks (paged_cache.h)
 };
 
 std::string name_of(const WriteCase& c) {
   return std::string(kv_cache_dtype_name(c.storage)) + "/" + testing::short_name(c.granularity) + "/d" +
-         std::to_string(c.head_dim) + "/" + dtype_name(c.input) + (c.rope ? "/rope" : "");
+         std::to_string(c.head_dim) + "/" + dtype_name(c.input) + (c.rope ? "/rope" : "") + "/bs" +
+         std::to_string(c.block_size);
 }
 
 template <typename T>
@@ -41,10 +43,10 @@ std::vector<uint8_t> to_bytes(const std::vector<float>& x) {
 void run_write_case(const WriteCase& c) {
   SCOPED_TRACE(name_of(c));
   constexpr int kHeads = 3;
-  constexpr int kBlockSize = 16;
-  constexpr int64_t kBlocks = 7;
+  const int kBlockSize = c.block_size;
+  const int64_t kBlocks = (112 + kBlockSize - 1) / kBlockSize;
   constexpr int64_t kTokens = 61;
-  const PagedLayout layout{kHeads, kBlockSize, c.head_dim};
+  const PagedLayout layout = paged_layout(c.storage, kHeads, kBlockSize, c.head_dim);
   const size_t row_elems = static_cast<size_t>(kTokens) * kHeads * c.head_dim;
   std::vector<float> key = testing::random_normal(row_elems, testing::test_seed(), 2.0f, c.head_dim, 3);
   std::vector<float> value = testing::random_normal(row_elems, testing::test_seed(), 1.0f);
@@ -128,7 +130,9 @@ TEST(CacheWrite, BitExactWithReferenceForEveryFormat) {
       if (!is_fp8(storage) && g != ScaleGranularity::kPerTensor) continue;  // 16-bit storage has no scales
       for (int d : {64, 128, 256}) {
         for (DType input : {DType::kBFloat16, DType::kFloat16}) {
-          for (bool rope : {false, true}) run_write_case({storage, g, d, input, rope});
+          for (bool rope : {false, true}) {
+            for (int block_size : {16, 32}) run_write_case({storage, g, d, input, rope, block_size});
+          }
         }
       }
     }
@@ -139,7 +143,7 @@ TEST(CacheWrite, PartialRotaryDimIsBitExact) {
   FP8KV_REQUIRE_GPU();
   // rotary_dim < head_dim (the channels past it pass through): built by hand from a 64-wide table.
   constexpr int kHeads = 2, kD = 128, kRotary = 64, kTokens = 9, kMaxPos = 128;
-  const PagedLayout layout{kHeads, 16, kD};
+  const PagedLayout layout = paged_layout(DType::kFp8E4M3, kHeads, 16, kD);
   std::vector<float> key = testing::random_normal(static_cast<size_t>(kTokens) * kHeads * kD, testing::test_seed());
   std::vector<float> value = testing::random_normal(key.size(), testing::test_seed());
   const std::vector<uint8_t> kb = to_bytes<Bf16>(key), vb = to_bytes<Bf16>(value);
@@ -181,7 +185,7 @@ TEST(CacheWrite, PartialRotaryDimIsBitExact) {
 
 TEST(CacheWrite, OutOfRangeSlotIsReportedAndNotWritten) {
   FP8KV_REQUIRE_GPU();
-  const PagedLayout layout{1, 16, 64};
+  const PagedLayout layout = paged_layout(DType::kFp8E4M3, 1, 16, 64);
   TwinCache cache(layout, 2, DType::kFp8E4M3, ScaleGranularity::kPerTensor);
   cache.fill(0x11);
   std::vector<float> x = testing::random_normal(2 * 64, testing::test_seed());
@@ -210,7 +214,7 @@ TEST(CacheWrite, OutOfRangeSlotIsReportedAndNotWritten) {
 
 TEST(CacheWrite, RejectsBadArguments) {
   FP8KV_REQUIRE_GPU();
-  const PagedLayout layout{2, 16, 128};
+  const PagedLayout layout = paged_layout(DType::kFp8E4M3, 2, 16, 128);
   TwinCache cache(layout, 2, DType::kFp8E4M3, ScaleGranularity::kPerTensor);
   DeviceBuffer<uint8_t> dx(4 * 2 * 64 * 2);
   DeviceBuffer<int64_t> ds(4);

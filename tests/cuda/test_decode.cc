@@ -126,7 +126,7 @@ struct DecodeProblem {
 
     // The cache is filled by the reference writer (bit-identical to the GPU writer, see
     // test_cache_write.cc), then mirrored to the device.
-    cache = std::make_unique<TwinCache>(PagedLayout{hk, c.block_size, d}, num_blocks, c.storage, c.granularity);
+    cache = std::make_unique<TwinCache>(paged_layout(c.storage, hk, c.block_size, d), num_blocks, c.storage, c.granularity);
     cache->calibrate(k, v);
     cache->fill(0);
     if (total > 0) {

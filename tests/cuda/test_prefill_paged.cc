@@ -32,7 +32,7 @@ struct PagedProblem {
 
   PagedKvLayer layer(void* k, void* v, float* kt, float* vt, const float* ks, const float* vs, Device dev) const {
     PagedKvLayer c;
-    c.layout = PagedLayout{hk, block_size, d};
+    c.layout = paged_layout(DType::kFp8E4M3, hk, block_size, d);
     c.num_blocks = num_blocks;
     c.dtype = DType::kFp8E4M3;
     c.granularity = granularity;
@@ -121,7 +121,7 @@ PagedPrefillArgs paged_args(const PagedProblem& p, const PagedKvLayer& cache, vo
 // as P[j] * v_scale[j] / (max of v_scale over the row's visible keys in j's 128-key tile), since
 // folding the scales into P pushes small probabilities further into E4M3's subnormal range.
 std::vector<float> naive_paged(const PagedProblem& p) {
-  const PagedLayout layout{p.hk, p.block_size, p.d};
+  const PagedLayout layout = paged_layout(DType::kFp8E4M3, p.hk, p.block_size, p.d);
   std::vector<float> out(static_cast<size_t>(p.cu_q.back()) * p.hq * p.d);
   const int group = p.hq / p.hk;
   parallel_items(static_cast<int64_t>(p.cu_q.back()) * p.hq, [&](int64_t item) {
@@ -270,7 +270,7 @@ TEST(CudaRopeQuantize, MatchesReferenceRopeQuantizeAndCacheWrite) {
   std::vector<uint8_t> k_pool(pool, 0), v_pool(pool, 0);
   std::vector<float> k_tok(tok, 0.0f), v_tok(tok, 0.0f);
   PagedKvLayer host_cache;
-  host_cache.layout = PagedLayout{hk, block_size, d};
+  host_cache.layout = paged_layout(DType::kFp8E4M3, hk, block_size, d);
   host_cache.num_blocks = num_blocks;
   host_cache.dtype = DType::kFp8E4M3;
   host_cache.granularity = ScaleGranularity::kPerToken;

@@ -65,14 +65,26 @@ def attention(q, k, v, scale, causal):
     return out
 
 
+def hnd(pool, cache):
+    """A pool as [num_blocks, num_kv_heads, block_size, head_dim], whatever its sub-blocks: the
+    [num_blocks, sub-blocks, num_kv_heads, sub_block_size, head_dim] array of FP8 caches with
+    blocks of more than 16 tokens is regrouped (a copy)."""
+    if pool.ndim == 4:
+        assert cache.sub_block_size == cache.block_size
+        return pool
+    blocks, subs, heads, sub, dim = pool.shape
+    assert sub == cache.sub_block_size and subs * sub == cache.block_size
+    return pool.transpose(0, 2, 1, 3, 4).reshape(blocks, heads, subs * sub, dim)
+
+
 def cache_tokens(cache, layer: int, seq_block_table, length: int, static_scales=None):
     """Dequantized K and V [length, num_kv_heads, head_dim] (float64) of a sequence of a host
     cache, read through the package's zero-copy pool views. `static_scales` = (k_scales, v_scales)
     as set with set_scales (per_tensor: 1 value, per_head: one per KV head)."""
     bs = cache.block_size
     dtype = cache.kv_cache_dtype
-    k_pool = decode_storage(np.asarray(cache.k_cache(layer)), dtype)
-    v_pool = decode_storage(np.asarray(cache.v_cache(layer)), dtype)
+    k_pool = hnd(decode_storage(np.asarray(cache.k_cache(layer)), dtype), cache)
+    v_pool = hnd(decode_storage(np.asarray(cache.v_cache(layer)), dtype), cache)
     heads = cache.num_kv_heads
     ks, vs = [], []
     scales = cache.token_scales(layer)

@@ -147,13 +147,18 @@ def fill_sequences(cache, gen, lengths, num_layers=1):
 
 @pytest.mark.parametrize("kv_cache_dtype", ["fp8_e4m3", "fp8_e5m2", "bf16"])
 @pytest.mark.parametrize("kv_scales", ["per_tensor", "per_head", "per_token"])
-def test_decode_matches_numpy(kv_cache_dtype, kv_scales):
+@pytest.mark.parametrize("bs", [8, 32])
+def test_decode_matches_numpy(kv_cache_dtype, kv_scales, bs):
     if kv_cache_dtype == "bf16" and kv_scales != "per_tensor":
         pytest.skip("16-bit storage has no scales")
-    gen = rng(zlib.crc32(f"{kv_cache_dtype}{kv_scales}".encode()) % 1000)
-    heads_q, heads_kv, dim, bs = 8, 2, 64, 8
+    gen = rng(zlib.crc32(f"{kv_cache_dtype}{kv_scales}{bs}".encode()) % 1000)
+    heads_q, heads_kv, dim = 8, 2, 64
     cache = fp8kv.KvCache(1, heads_kv, dim, num_blocks=64, block_size=bs, kv_cache_dtype=kv_cache_dtype,
                           kv_scales=kv_scales)
+    # FP8 blocks of more than 16 tokens are 16-token sub-blocks: the pool view is 5-D.
+    expect_sub = 16 if bs > 16 and kv_cache_dtype != "bf16" else bs
+    assert cache.sub_block_size == expect_sub
+    assert np.asarray(cache.k_cache(0)).ndim == (4 if expect_sub == bs else 5)
     calib_k = activations(gen, 64, heads_kv, dim)
     calib_v = activations(gen, 64, heads_kv, dim, outlier_scale=1.0)
     static = cache.calibrate(0, calib_k, calib_v) if kv_cache_dtype != "bf16" and kv_scales != "per_token" else None

@@ -262,7 +262,7 @@ TEST(ReferenceDevices, CudaTensorsAreRejectedNotRead) {
   // Non-null pointers that must never be dereferenced: the reference refuses device tensors.
   alignas(16) static uint8_t fake[64];
   PagedKvLayer cache;
-  cache.layout = PagedLayout{kHeads, kBs, kDim};
+  cache.layout = paged_layout(DType::kBFloat16, kHeads, kBs, kDim);
   cache.num_blocks = kBlocks;
   cache.dtype = DType::kBFloat16;
   cache.device = Device::kCuda;

@@ -112,7 +112,8 @@ class PagedFixture {
   }
 
   // Token j of sequence b, KV head h, dequantised, from the layout written in paged_cache.h:
-  // k[num_blocks][num_kv_heads][block_size][head_dim], token scales [num_blocks][heads][block_size].
+  // k[num_blocks][block_size / sub][num_kv_heads][sub][head_dim] with sub = block_size for 16-bit
+  // storage and min(block_size, 16) for FP8; token scales [num_blocks][heads][block_size].
   std::vector<double> dequantised(size_t b, bool value) {
     const PagedKvLayer l = cache_.layer(0);
     const void* pool = value ? l.v : l.k;
@@ -123,6 +124,7 @@ class PagedFixture {
     for (int64_t j = 0; j < lengths_[b]; ++j) {
       const int64_t block = tables_[b * static_cast<size_t>(max_blocks_) + static_cast<size_t>(j / s_.block_size)];
       const int64_t pos = j % s_.block_size;
+      const int64_t sub = is_fp8(s_.dtype) ? std::min(s_.block_size, 16) : s_.block_size;
       for (int h = 0; h < s_.hkv; ++h) {
         double scale = 1.0;
         if (is_fp8(s_.dtype)) {
@@ -133,7 +135,8 @@ class PagedFixture {
           }
         }
         for (int c = 0; c < s_.d; ++c) {
-          const size_t src = static_cast<size_t>(((block * s_.hkv + h) * s_.block_size + pos) * s_.d + c);
+          const size_t src = static_cast<size_t>(
+              (((block * (s_.block_size / sub) + pos / sub) * s_.hkv + h) * sub + pos % sub) * s_.d + c);
           out[static_cast<size_t>((j * s_.hkv + h) * s_.d + c)] = view.get(src) * scale;
         }
       }

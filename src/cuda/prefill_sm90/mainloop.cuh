@@ -137,7 +137,8 @@ __device__ void load_q(const PrefillParams& p, const WorkTile& t, const SmemView
 // Loads rows [tile * kBlockN, +kBlockN) of K or V into `dst`. With `scales` (paged per-token K
 // load only) the tile's K and V token scales come along on the same barrier: the consumers read
 // both while they still hold the K stage, so the V scales need no barrier of their own.
-// Paged: one TMA box per page (or per 128-row half of a 256-row page). Pages past the sequence's
+// Paged: one TMA box per sub-block (per page for 16-bit storage; per 128-row half of a 256-row
+// sub-block). Pages past the sequence's
 // last one are read from its first page instead: those keys are masked, and loading real, finite
 // cache data keeps NaN-free operands in the tensor cores (0 * NaN would poison the row).
 template <class Traits>
@@ -152,7 +153,7 @@ __device__ void load_kv_tile(const PrefillParams& p, const WorkTile& t, const CU
                                    cb * Traits::kBoxElems, kv_head, t.k_start + tile * Traits::kBlockN);
     }
   } else {
-    const int rows_per_box = min(p.block_size, Traits::kBlockN);
+    const int rows_per_box = min(p.sub_block_size, Traits::kBlockN);
     const int boxes = Traits::kBlockN / rows_per_box;
     const int pages = (t.len_k + p.block_size - 1) / p.block_size;
     const int32_t* table = p.block_tables + static_cast<int64_t>(t.batch) * p.max_blocks_per_seq;
@@ -164,10 +165,10 @@ __device__ void load_kv_tile(const PrefillParams& p, const WorkTile& t, const CU
       const int block = table[page < pages ? page : 0];
 #pragma unroll
       for (int cb = 0; cb < Traits::kColBlocks; ++cb) {
-        cute::SM90_TMA_LOAD_4D::copy(
+        cute::SM90_TMA_LOAD_5D::copy(
             map, bar, kTmaCacheHint,
             dst + cb * Traits::kBlockN * Traits::kSwizzleBytes + i * rows_per_box * Traits::kSwizzleBytes,
-            cb * Traits::kBoxElems, in_page, kv_head, block);
+            cb * Traits::kBoxElems, in_page % p.sub_block_size, kv_head, in_page / p.sub_block_size, block);
       }
       if (scales) {
         const int64_t offset = (static_cast<int64_t>(block) * p.num_kv_heads + kv_head) * p.block_size + in_page;

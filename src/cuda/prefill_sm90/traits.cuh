@@ -115,7 +115,7 @@ struct PrefillTraits {
 // __grid_constant__ parameter block.
 struct PrefillParams {
   CUtensorMap tma_q;  // Q [total_q, num_q_heads, head_dim]
-  CUtensorMap tma_k;  // dense: K [total_k, num_kv_heads, head_dim]; paged: pool [num_blocks, num_kv_heads, block_size, head_dim]
+  CUtensorMap tma_k;  // dense: K [total_k, num_kv_heads, head_dim]; paged: pool [num_blocks, sub-blocks, num_kv_heads, sub_block_size, head_dim]
   CUtensorMap tma_v;  // same shape as tma_k
   const int32_t* cu_seqlens_q;  // [batch + 1]
   const int32_t* cu_seqlens_k;  // [batch + 1]   (dense)
@@ -134,7 +134,7 @@ struct PrefillParams {
   int blocks_per_head;    // work tiles per query head (an upper bound on the query blocks)
   int num_work;           // num_q_heads * blocks_per_head: the work tile indices
   int work_slot;          // which work-tile counter pair this launch uses (tile_scheduler.cuh)
-  int max_blocks_per_seq, block_size;
+  int max_blocks_per_seq, block_size, sub_block_size;  // paged (paged_cache.h)
   float softmax_scale_log2;  // softmax_scale * log2(e): the softmax runs on exp2
   bool causal;
   bool two_level;
