@@ -55,6 +55,7 @@ struct Options {
   std::string peers_script = "bench/decode_peers.py";
   double memory_fraction = 0.8;  // of free device memory one configuration may use
   std::string balanced = "auto";  // the plan's balanced partition: auto (its heuristic), on, off
+  int max_splits = 0;              // the plan's cap on splits per sequence (0 = its heuristic)
 };
 
 // Variants measured for every point, in table order.
@@ -187,6 +188,7 @@ void run_bench(const Options& o) {
   if (!cuda::available()) throw Unsupported("bench decode needs a CUDA device");
   cuda::DecodePlanOptions plan_options;
   plan_options.balanced = o.balanced == "on" ? 1 : o.balanced == "off" ? -1 : 0;
+  plan_options.max_splits = o.max_splits;
   std::vector<Shape> shapes;
   for (const auto& name : o.shapes) {
     bool found = false;
@@ -225,7 +227,8 @@ void run_bench(const Options& o) {
   j["read_bandwidth_gbs"] = read_gbs;
   j["method"] = "CUDA events, median of " + std::to_string(o.repeats) +
                 " single runs, L2 flushed by reading 256 MiB before each; plan computed once outside the timing; q bf16, "
-                "out bf16; effective bandwidth = K+V bytes (+ scales) / time; balanced partition: " + o.balanced;
+                "out bf16; effective bandwidth = K+V bytes (+ scales) / time; balanced partition: " + o.balanced +
+                "; max splits per sequence: " + (o.max_splits > 0 ? std::to_string(o.max_splits) : std::string("heuristic"));
   std::cerr << "read bandwidth: " << read_gbs << " GB/s\n";
 
   std::string peer_status = "disabled (--no-peers)";
@@ -311,6 +314,9 @@ void register_bench_decode(CLI::App& bench) {
   cmd->add_option("--balanced", options->balanced,
                   "The plan's balanced partition: auto (where the plan expects a gain), on (wherever it applies), off")
       ->check(CLI::IsMember({"auto", "on", "off"}))
+      ->capture_default_str();
+  cmd->add_option("--max-splits", options->max_splits, "The plan's cap on splits per sequence (0 = its heuristic)")
+      ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
   cmd->callback([options] { run_bench(*options); });
 }

@@ -15,6 +15,7 @@
 #include <random>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "common/test_utils.h"
@@ -288,6 +289,17 @@ struct Format {
   ScaleGranularity granularity;
 };
 
+// A case of format f with the given head dim, block size and lengths (the other fields default).
+DecodeCase case_of(const Format& f, int head_dim, int block_size, std::vector<int32_t> seq_lens) {
+  DecodeCase c;
+  c.storage = f.storage;
+  c.granularity = f.granularity;
+  c.head_dim = head_dim;
+  c.block_size = block_size;
+  c.seq_lens = std::move(seq_lens);
+  return c;
+}
+
 const Format kFormats[] = {
     {DType::kBFloat16, ScaleGranularity::kPerTensor}, {DType::kFloat16, ScaleGranularity::kPerTensor},
     {DType::kFp8E4M3, ScaleGranularity::kPerTensor},  {DType::kFp8E4M3, ScaleGranularity::kPerHead},
@@ -303,13 +315,8 @@ TEST(PagedDecode, MatchesReferenceAcrossFormatsShapesAndLengths) {
     for (int d : {64, 128, 256}) {
       for (int group : {1, 4, 8}) {
         for (int bs : {16, 64}) {
-          DecodeCase c;
-          c.storage = f.storage;
-          c.granularity = f.granularity;
-          c.head_dim = d;
+          DecodeCase c = case_of(f, d, bs, {1, bs - 1, bs, bs + 1, 333, 4097});
           c.group = group;
-          c.block_size = bs;
-          c.seq_lens = {1, bs - 1, bs, bs + 1, 333, 4097};
           check_case(c);
         }
       }
@@ -320,11 +327,8 @@ TEST(PagedDecode, MatchesReferenceAcrossFormatsShapesAndLengths) {
 TEST(PagedDecode, Fp16InputAndOutput) {
   FP8KV_REQUIRE_GPU();
   for (const Format& f : kFormats) {
-    DecodeCase c;
-    c.storage = f.storage;
-    c.granularity = f.granularity;
+    DecodeCase c = case_of(f, 128, 16, {17, 1000});
     c.io = DType::kFloat16;
-    c.seq_lens = {17, 1000};
     check_case(c);
   }
 }
@@ -336,13 +340,9 @@ TEST(PagedDecode, LongContext131072) {
                           Format{DType::kFp8E5M2, ScaleGranularity::kPerHead},
                           Format{DType::kBFloat16, ScaleGranularity::kPerTensor}}) {
     for (int bs : {16, 64}) {
-      DecodeCase c;
-      c.storage = f.storage;
-      c.granularity = f.granularity;
+      DecodeCase c = case_of(f, 128, bs, {131072});
       c.num_kv_heads = 1;
       c.group = 4;
-      c.block_size = bs;
-      c.seq_lens = {131072};
       check_case(c);
     }
   }
@@ -409,13 +409,7 @@ TEST(PagedDecode, LargeBlocksAndPageSpans) {
   for (const Format& f : formats) {
     for (int block_size : {128, 256}) {
       for (int d : {64, 128}) {
-        DecodeCase c;
-        c.storage = f.storage;
-        c.granularity = f.granularity;
-        c.head_dim = d;
-        c.block_size = block_size;
-        c.seq_lens = {1, block_size - 1, block_size + 1, 5000, 20000};
-        check_case(c);
+        check_case(case_of(f, d, block_size, {1, block_size - 1, block_size + 1, 5000, 20000}));
       }
     }
   }
@@ -432,12 +426,7 @@ TEST(PagedDecode, BalancedPlanOfEqualLengths) {
   balanced.balanced = 1;
   for (const Format& f : kFormats) {
     for (int d : {64, 128}) {
-      DecodeCase c;
-      c.storage = f.storage;
-      c.granularity = f.granularity;
-      c.head_dim = d;
-      c.seq_lens = {20000, 20000, 20000};
-      check_case(c, balanced);
+      check_case(case_of(f, d, 16, {20000, 20000, 20000}), balanced);
     }
   }
   DecodeCase c;
