@@ -171,8 +171,14 @@ def test_decode_matches_numpy(kv_cache_dtype, kv_scales, bs):
     result = fp8kv.paged_decode(q, cache, 0, cache.block_tables(seqs), cache.seq_lens(seqs), out=out)
     assert result is out and np.isfinite(out).all()
     scale = 1.0 / math.sqrt(dim)
-    # Sanity bound on the storage format's own error (outlier keys amplify it); the exact check is above.
-    worst_quant = {"fp8_e4m3": 0.1, "fp8_e5m2": 0.2, "bf16": 0.03}[kv_cache_dtype]
+    # Sanity bound on the storage format's own error against the unquantised tokens (a token in the
+    # wrong slot gives ~1); the exact check is above. Outlier keys amplify the format's error, and
+    # static scales calibrated on 64 other tokens clip the larger outliers of these: over 40 seeds
+    # the worst was 0.21 (E4M3) / 0.30 (E5M2) with static scales, 0.062 / 0.18 per token, 0.009 for
+    # bf16; the bounds leave 1.4-1.7x of that.
+    static_scales = kv_scales != "per_token"
+    worst_quant = {"fp8_e4m3": 0.35 if static_scales else 0.1, "fp8_e5m2": 0.45 if static_scales else 0.3,
+                   "bf16": 0.03}[kv_cache_dtype]
     for i, (s, n) in enumerate(zip(seqs, lengths)):
         k, v = cache_tokens(cache, 0, cache.block_table(s), n, static)
         want = attention(q[i:i + 1], k, v, scale, causal=False)[0]
