@@ -22,9 +22,13 @@
 // 16-token blocks' speed with the same blocks stored as 16-token sub-blocks; BF16 decode is the
 // other way round (faster with whole-block runs), so 16-bit storage keeps plain HND.
 //
-// Per-token scales (ScaleGranularity::kPerToken) sit beside the pages, head-major per block:
+// Per-token scales (ScaleGranularity::kPerToken) sit beside the pages in the same order:
 //
-//     k_token_scale[num_blocks][num_kv_heads][block_size]    float32
+//     k_token_scale[num_blocks][block_size / sub_block_size][num_kv_heads][sub_block_size]    float32
+//
+// (as sub-blocks for FP8 blocks of more than 16 tokens: a 16-token tile's scales for one head are
+// 64 contiguous bytes, and the heads' rows of one sub-block share 128-byte lines, as at block size
+// 16, where the decode blocks of neighbouring heads read them at about the same time).
 //
 // Static scales (per_tensor: float[1], per_head: float[num_kv_heads]) are per layer.
 #pragma once
@@ -75,9 +79,11 @@ struct PagedLayout {
   FP8KV_HOST_DEVICE int64_t element_offset(int64_t block, int head, int position, int channel) const {
     return token_offset(block, head, position) + channel;
   }
-  // Offset of a token's scale in a per-token scale buffer.
+  // Offset of a token's scale in a per-token scale buffer: token_offset() without head_dim.
   FP8KV_HOST_DEVICE int64_t token_scale_offset(int64_t block, int head, int position) const {
-    return (block * num_kv_heads + head) * block_size + position;
+    const int sub_block_start = position & -sub_block_size;
+    const int32_t in_block = head * sub_block_size + position + sub_block_start * (num_kv_heads - 1);
+    return block * num_kv_heads * block_size + in_block;
   }
   FP8KV_HOST_DEVICE int64_t slot_block(int64_t slot) const { return slot / block_size; }
   FP8KV_HOST_DEVICE int slot_position(int64_t slot) const { return static_cast<int>(slot % block_size); }
@@ -116,7 +122,8 @@ struct PagedKvLayer {
 
   void* k = nullptr;  // [num_blocks, block_size / sub_block_size, num_kv_heads, sub_block_size, head_dim]
   void* v = nullptr;  // same
-  // per_token only: [num_blocks, num_kv_heads, block_size] float32, written with the tokens.
+  // per_token only: [num_blocks, block_size / sub_block_size, num_kv_heads, sub_block_size] float32,
+  // written with the tokens.
   float* k_token_scale = nullptr;
   float* v_token_scale = nullptr;
   // per_tensor: [1]; per_head: [num_kv_heads]; null for per_token and 16-bit storage.

@@ -246,8 +246,9 @@ class KvCache(_ext.KvCache):
         return self._import(self.v_pool(layer), framework, self.kv_cache_dtype)
 
     def token_scales(self, layer: int, framework: Optional[str] = None):
-        """per_token caches: (K scales, V scales), each ``[num_blocks, num_kv_heads, block_size]``
-        float32, zero-copy; None for other granularities."""
+        """per_token caches: (K scales, V scales), float32, zero-copy, in the pools' order: ``[num_blocks,
+        num_kv_heads, block_size]``, or ``[num_blocks, block_size // 16, num_kv_heads, 16]`` for FP8
+        blocks of more than 16 tokens; None for other granularities."""
         k, v = self.k_token_scales(layer), self.v_token_scales(layer)
         if k is None:
             return None

@@ -255,12 +255,12 @@ class KvCache:
 
     def k_token_scales(self, layer: int) -> object | None:
         """
-        per_token caches: K scales [num_blocks, num_kv_heads, block_size] float32; else None.
+        per_token caches: K scales float32 in the pool's order ([num_blocks, num_kv_heads, block_size], or [num_blocks, block_size // sub_block_size, num_kv_heads, sub_block_size]); else None.
         """
 
     def v_token_scales(self, layer: int) -> object | None:
         """
-        per_token caches: V scales [num_blocks, num_kv_heads, block_size] float32; else None.
+        per_token caches: V scales, shaped like k_token_scales; else None.
         """
 
 def write_kv(cache: KvCache, layer: int, key: NDArray, value: NDArray, slot_mapping: NDArray, positions: NDArray | None = None, rope: NDArray | None = None, stream: int = 0) -> None: ...

@@ -104,12 +104,20 @@ nb::object pool_view(PyKvCache& cache, int layer, bool key) {
               bits);
 }
 
+// Per-token scales in the pools' order: [num_blocks, num_kv_heads, block_size], or
+// [num_blocks, block_size / sub_block_size, num_kv_heads, sub_block_size] for sub-blocked pools.
 std::optional<nb::object> token_scale_view(PyKvCache& cache, int layer, bool key) {
   const PagedKvLayer l = cache.layer(layer);
   if (!l.has_token_scales()) return std::nullopt;
-  const KvCacheSpec& s = cache.spec();
-  return view(cache, key ? l.k_token_scale : l.v_token_scale,
-              {static_cast<size_t>(s.num_blocks), static_cast<size_t>(s.num_kv_heads), static_cast<size_t>(s.block_size)},
+  const PagedLayout& layout = l.layout;
+  const auto n = [](int64_t x) { return static_cast<size_t>(x); };
+  float* data = key ? l.k_token_scale : l.v_token_scale;
+  if (layout.sub_block_size == layout.block_size) {
+    return view(cache, data, {n(l.num_blocks), n(layout.num_kv_heads), n(layout.block_size)}, nb::dtype<float>());
+  }
+  return view(cache, data,
+              {n(l.num_blocks), n(layout.block_size / layout.sub_block_size), n(layout.num_kv_heads),
+               n(layout.sub_block_size)},
               nb::dtype<float>());
 }
 
@@ -283,9 +291,10 @@ void bind_cache(nb::module_& m) {
       .def("v_pool", [](PyKvCache& c, int layer) { return pool_view(c, layer, false); }, nb::arg("layer"),
            "Layer's V pool, shaped like k_pool.")
       .def("k_token_scales", [](PyKvCache& c, int layer) { return token_scale_view(c, layer, true); },
-           nb::arg("layer"), "per_token caches: K scales [num_blocks, num_kv_heads, block_size] float32; else None.")
+           nb::arg("layer"), "per_token caches: K scales float32 in the pool's order ([num_blocks, num_kv_heads, block_size], "
+           "or [num_blocks, block_size // sub_block_size, num_kv_heads, sub_block_size]); else None.")
       .def("v_token_scales", [](PyKvCache& c, int layer) { return token_scale_view(c, layer, false); },
-           nb::arg("layer"), "per_token caches: V scales [num_blocks, num_kv_heads, block_size] float32; else None.");
+           nb::arg("layer"), "per_token caches: V scales, shaped like k_token_scales; else None.");
 }
 
 }  // namespace fp8kv::python

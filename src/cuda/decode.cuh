@@ -59,8 +59,8 @@ struct DecodeParams {
   void* out;                     // [batch, num_q_heads, head_dim] bf16/fp16
   bool q_fp16;                   // dtype of q: fp16 (true) or bf16
   bool out_fp16;                 // dtype of out
-  const void* k_cache;           // [num_blocks, num_kv_heads, block_size, head_dim] storage
-  const void* v_cache;           // [num_blocks, num_kv_heads, block_size, head_dim] storage
+  const void* k_cache;           // the K pool (layout: paged_cache.h, addressed through `layout`)
+  const void* v_cache;           // the V pool
   CacheScales scales;            // the cache's per-token or static scales (none for 16-bit storage)
   const int32_t* block_tables;   // [batch, max_blocks_per_seq]
   int32_t max_blocks_per_seq;
@@ -446,7 +446,7 @@ __device__ __forceinline__ void decode_segment(const DecodeParams& p, const Deco
         }
         const int position0 = step & position_mask;
         offset = p.layout.token_offset(block, kv_head, position0);
-        token_scale = p.layout.token_scale_offset(block, kv_head, position0);
+        token_scale = offset / kHeadDim;  // = token_scale_offset(): scales follow the pools' order
         page_ok = ok;
       } else {
         // Same page as the previous step, 8 tokens further.

@@ -205,6 +205,7 @@ TEST(PagedLayout, TokenOffsetIsTheDocumentedArrayAndABijection) {
                 (((b * (block_size / sub) + p / sub) * l.num_kv_heads + h) * sub + p % sub) * l.head_dim;
             ASSERT_EQ(l.token_offset(b, h, p), plain) << "bs " << block_size << " sub " << sub;
             ASSERT_EQ(l.element_offset(b, h, p, 5), plain + 5);
+            ASSERT_EQ(l.token_scale_offset(b, h, p) * l.head_dim, plain) << "scales follow the pools' order";
             for (int c = 0; c < l.head_dim; ++c) {
               int& o = owner[static_cast<size_t>(plain + c)];
               ASSERT_EQ(o, -1) << "two rows share an element";

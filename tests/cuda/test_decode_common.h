@@ -16,8 +16,8 @@ struct TwinCache {
   DType dtype = DType::kFp8E4M3;
   ScaleGranularity granularity = ScaleGranularity::kPerTensor;
 
-  std::vector<uint8_t> k, v;             // [num_blocks, num_kv_heads, block_size, head_dim] storage bytes
-  std::vector<float> k_token, v_token;   // [num_blocks, num_kv_heads, block_size] (per_token)
+  std::vector<uint8_t> k, v;             // the pools' storage bytes (layout: paged_cache.h)
+  std::vector<float> k_token, v_token;   // per_token scales, num_blocks * num_kv_heads * block_size
   std::vector<float> k_scale, v_scale;   // [1] / [num_kv_heads] (per_tensor / per_head)
   DeviceBuffer<uint8_t> dk, dv;
   DeviceBuffer<float> dk_token, dv_token, dk_scale, dv_scale;

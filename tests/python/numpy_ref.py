@@ -68,7 +68,8 @@ def attention(q, k, v, scale, causal):
 def hnd(pool, cache):
     """A pool as [num_blocks, num_kv_heads, block_size, head_dim], whatever its sub-blocks: the
     [num_blocks, sub-blocks, num_kv_heads, sub_block_size, head_dim] array of FP8 caches with
-    blocks of more than 16 tokens is regrouped (a copy)."""
+    blocks of more than 16 tokens is regrouped (a copy). Token scales go through it with a unit
+    trailing axis."""
     if pool.ndim == 4:
         assert cache.sub_block_size == cache.block_size
         return pool
@@ -88,6 +89,8 @@ def cache_tokens(cache, layer: int, seq_block_table, length: int, static_scales=
     heads = cache.num_kv_heads
     ks, vs = [], []
     scales = cache.token_scales(layer)
+    if scales is not None:
+        scales = tuple(hnd(np.asarray(s)[..., None], cache)[..., 0] for s in scales)
     for t in range(length):
         block, pos = seq_block_table[t // bs], t % bs
         k = k_pool[block, :, pos, :].copy()

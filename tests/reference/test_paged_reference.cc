@@ -113,7 +113,7 @@ class PagedFixture {
 
   // Token j of sequence b, KV head h, dequantised, from the layout written in paged_cache.h:
   // k[num_blocks][block_size / sub][num_kv_heads][sub][head_dim] with sub = block_size for 16-bit
-  // storage and min(block_size, 16) for FP8; token scales [num_blocks][heads][block_size].
+  // storage and min(block_size, 16) for FP8; token scales [num_blocks][block_size / sub][heads][sub].
   std::vector<double> dequantised(size_t b, bool value) {
     const PagedKvLayer l = cache_.layer(0);
     const void* pool = value ? l.v : l.k;
@@ -129,7 +129,7 @@ class PagedFixture {
         double scale = 1.0;
         if (is_fp8(s_.dtype)) {
           if (s_.granularity == ScaleGranularity::kPerToken) {
-            scale = (value ? l.v_token_scale : l.k_token_scale)[(block * s_.hkv + h) * s_.block_size + pos];
+            scale = (value ? l.v_token_scale : l.k_token_scale)[((block * (s_.block_size / sub) + pos / sub) * s_.hkv + h) * sub + pos % sub];
           } else {
             scale = (value ? l.v_scale : l.k_scale)[s_.granularity == ScaleGranularity::kPerHead ? h : 0];
           }

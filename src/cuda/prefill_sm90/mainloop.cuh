@@ -11,6 +11,7 @@
 
 #include "cuda/prefill_sm90/tile_scheduler.cuh"
 #include "cuda/prefill_sm90/traits.cuh"
+#include "fp8kv/paged_cache.h"
 
 namespace fp8kv::cuda::sm90 {
 
@@ -171,7 +172,9 @@ __device__ void load_kv_tile(const PrefillParams& p, const WorkTile& t, const CU
             cb * Traits::kBoxElems, in_page % p.sub_block_size, kv_head, in_page / p.sub_block_size, block);
       }
       if (scales) {
-        const int64_t offset = (static_cast<int64_t>(block) * p.num_kv_heads + kv_head) * p.block_size + in_page;
+        const PagedLayout layout{p.num_kv_heads, static_cast<int16_t>(p.block_size),
+                                 static_cast<int16_t>(p.sub_block_size), Traits::kHeadDim};
+        const int64_t offset = layout.token_scale_offset(block, kv_head, in_page);
         cute::SM90_BULK_COPY_G2S::copy(p.k_token_scale + offset, bar, k_scale_dst + i * rows_per_box, rows_per_box * 4);
         cute::SM90_BULK_COPY_G2S::copy(p.v_token_scale + offset, bar, v_scale_dst + i * rows_per_box, rows_per_box * 4);
       }

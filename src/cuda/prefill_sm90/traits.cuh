@@ -121,7 +121,7 @@ struct PrefillParams {
   const int32_t* cu_seqlens_k;  // [batch + 1]   (dense)
   const int32_t* seq_lens;      // [batch]       (paged)
   const int32_t* block_tables;  // [batch, max_blocks_per_seq] (paged)
-  const float* k_token_scale;   // [num_blocks, num_kv_heads, block_size] (paged per-token) or null
+  const float* k_token_scale;   // [num_blocks, sub-blocks, num_kv_heads, sub_block_size] (paged per-token) or null
   const float* v_token_scale;   // same
   __nv_bfloat16* out;           // [total_q, num_q_heads, head_dim]
   // Descales: pointer + stride (0 = per tensor, 1 = per KV head); null = 1.0.
