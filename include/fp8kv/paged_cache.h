@@ -58,7 +58,7 @@ constexpr int kFp8SubBlockSize = 16;
 struct PagedLayout {
   int32_t num_kv_heads = 0;
   int16_t block_size = 0;
-  int16_t sub_block_size = 0;  // a power of two, block_size or in [16, block_size]
+  int16_t sub_block_size = 0;  // block_size for 16-bit storage, min(block_size, 16) for FP8
   int32_t head_dim = 0;
 
   FP8KV_HOST_DEVICE int64_t block_elements() const {

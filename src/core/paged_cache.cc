@@ -52,17 +52,17 @@ void PagedKvLayer::validate(const char* argument) const {
   FP8KV_REQUIRE(layout.num_kv_heads > 0, a + ".num_kv_heads", "must be > 0, got ", layout.num_kv_heads);
   check_head_dim(layout.head_dim, a + ".head_dim");
   check_block_size(layout.block_size, a + ".block_size");
-  // The decode kernel reads 16-token tiles that must each lie in one sub-block.
-  const int sub = layout.sub_block_size;
-  FP8KV_REQUIRE(is_power_of_two(sub) && sub <= layout.block_size && (sub >= 16 || sub == layout.block_size),
-                a + ".sub_block_size", "must be block_size (", layout.block_size,
-                ") or a power of two in [16, block_size] (use paged_layout()), got ", sub);
+  // The storage dtype fixes the layout (paged_layout()); the kernels are tested on exactly that one.
+  FP8KV_REQUIRE(is_kv_storage_dtype(dtype), a + ".dtype", "must be one of bf16, fp16, fp8_e4m3, fp8_e5m2, got ",
+                dtype_name(dtype));
+  const int sub = paged_layout(dtype, layout.num_kv_heads, layout.block_size, layout.head_dim).sub_block_size;
+  FP8KV_REQUIRE(layout.sub_block_size == sub, a + ".sub_block_size", "must be ", sub, " for ", dtype_name(dtype),
+                " storage with block_size ", layout.block_size, " (paged_layout() chooses it), got ",
+                layout.sub_block_size);
   FP8KV_REQUIRE(layout.block_elements() <= std::numeric_limits<int32_t>::max(), a + ".num_kv_heads",
                 "num_kv_heads * block_size * head_dim must fit in int32 (offsets inside a block), got ",
                 layout.block_elements());
   check_num_blocks(num_blocks, a + ".num_blocks");
-  FP8KV_REQUIRE(is_kv_storage_dtype(dtype), a + ".dtype", "must be one of bf16, fp16, fp8_e4m3, fp8_e5m2, got ",
-                dtype_name(dtype));
   FP8KV_REQUIRE(k != nullptr, a + ".k", "the K pool is required (null pointer)");
   FP8KV_REQUIRE(v != nullptr, a + ".v", "the V pool is required (null pointer)");
   if (!is_fp8(dtype)) return;

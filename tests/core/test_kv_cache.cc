@@ -223,18 +223,20 @@ TEST(PagedLayout, ValidationNamesABadSubBlockSize) {
   KvCache cache(small_spec(DType::kFp8E4M3, ScaleGranularity::kPerTensor));
   PagedKvLayer l = cache.layer(0);
   for (int bad : {0, 4, 3, 16}) {  // block size 8: only 8 is allowed
-    l.layout.sub_block_size = bad;
+    l.layout.sub_block_size = static_cast<int16_t>(bad);
     testing::expect_invalid_argument([&] { l.validate("cache"); }, "cache.sub_block_size");
   }
   l.layout.block_size = 64;
-  for (int bad : {8, 24, 128}) {
-    l.layout.sub_block_size = bad;
-    testing::expect_invalid_argument([&] { l.validate("cache"); }, "cache.sub_block_size");
+  for (int bad : {8, 32, 64, 128}) {  // FP8 at block size 64: 16 only
+    l.layout.sub_block_size = static_cast<int16_t>(bad);
+    testing::expect_invalid_argument([&] { l.validate("cache"); }, "cache.sub_block_size", {"16", "fp8_e4m3"});
   }
-  for (int good : {16, 32, 64}) {
-    l.layout.sub_block_size = good;
-    EXPECT_NO_THROW(l.validate("cache"));
-  }
+  l.layout.sub_block_size = 16;
+  EXPECT_NO_THROW(l.validate("cache"));
+  l.dtype = DType::kBFloat16;  // 16-bit storage: the whole block
+  testing::expect_invalid_argument([&] { l.validate("cache"); }, "cache.sub_block_size", {"64"});
+  l.layout.sub_block_size = 64;
+  EXPECT_NO_THROW(l.validate("cache"));
 }
 
 #if !defined(FP8KV_WITH_CUDA)
