@@ -70,12 +70,12 @@ nb::ndarray<nb::numpy, T> to_numpy(std::vector<T> values, std::initializer_list<
 
 // A zero-copy view of cache memory, kept alive by the Python cache object: a NumPy array for a
 // host cache, a DLPack object (torch.from_dlpack / cupy.from_dlpack) for a CUDA cache.
-nb::object view(PyKvCache& cache, void* data, std::initializer_list<size_t> shape, nb::dlpack::dtype dtype) {
+nb::object view(PyKvCache& cache, void* data, const std::vector<size_t>& shape, nb::dlpack::dtype dtype) {
   nb::object owner = nb::find(&cache);
   if (cache.device() == Device::kCpu) {
-    return nb::cast(nb::ndarray<nb::numpy>(data, shape, owner, {}, dtype, kDLCpu, 0));
+    return nb::cast(nb::ndarray<nb::numpy>(data, shape.size(), shape.data(), owner, nullptr, dtype, kDLCpu, 0));
   }
-  return nb::cast(Array(data, shape, owner, {}, dtype, kDLCuda, cache.device_index()));
+  return nb::cast(Array(data, shape.size(), shape.data(), owner, nullptr, dtype, kDLCuda, cache.device_index()));
 }
 
 // Pool elements are exposed as unsigned integers of the storage width (uint8 for FP8, uint16 for
@@ -86,39 +86,31 @@ nb::dlpack::dtype storage_bits_dtype(DType storage) {
                            static_cast<uint8_t>(dtype_size(storage) * 8), 1};
 }
 
-// A pool as its physical array (paged_cache.h): [num_blocks, num_kv_heads, block_size, head_dim]
-// when blocks are whole head-major runs (16-bit storage, FP8 blocks of up to 16 tokens), else
-// [num_blocks, block_size / sub_block_size, num_kv_heads, sub_block_size, head_dim].
-nb::object pool_view(PyKvCache& cache, int layer, bool key) {
-  const PagedKvLayer l = cache.layer(layer);
+// A layer's pool (with head_dim) or per-token scale buffer (without) as its physical array
+// (paged_cache.h): [num_blocks, num_kv_heads, block_size(, head_dim)] when blocks are whole
+// head-major runs (16-bit storage, FP8 blocks of up to 16 tokens), else
+// [num_blocks, block_size / sub_block_size, num_kv_heads, sub_block_size(, head_dim)].
+std::vector<size_t> physical_shape(const PagedKvLayer& l, bool with_head_dim) {
   const PagedLayout& layout = l.layout;
-  const auto n = [](int64_t x) { return static_cast<size_t>(x); };
-  void* data = key ? l.k : l.v;
-  const nb::dlpack::dtype bits = storage_bits_dtype(l.dtype);
-  if (layout.sub_block_size == layout.block_size) {
-    return view(cache, data, {n(l.num_blocks), n(layout.num_kv_heads), n(layout.block_size), n(layout.head_dim)}, bits);
+  std::vector<size_t> shape{static_cast<size_t>(l.num_blocks)};
+  if (layout.sub_block_size != layout.block_size) {
+    shape.push_back(static_cast<size_t>(layout.block_size / layout.sub_block_size));
   }
-  return view(cache, data,
-              {n(l.num_blocks), n(layout.block_size / layout.sub_block_size), n(layout.num_kv_heads),
-               n(layout.sub_block_size), n(layout.head_dim)},
-              bits);
+  shape.push_back(static_cast<size_t>(layout.num_kv_heads));
+  shape.push_back(static_cast<size_t>(layout.sub_block_size));
+  if (with_head_dim) shape.push_back(static_cast<size_t>(layout.head_dim));
+  return shape;
 }
 
-// Per-token scales in the pools' order: [num_blocks, num_kv_heads, block_size], or
-// [num_blocks, block_size / sub_block_size, num_kv_heads, sub_block_size] for sub-blocked pools.
+nb::object pool_view(PyKvCache& cache, int layer, bool key) {
+  const PagedKvLayer l = cache.layer(layer);
+  return view(cache, key ? l.k : l.v, physical_shape(l, true), storage_bits_dtype(l.dtype));
+}
+
 std::optional<nb::object> token_scale_view(PyKvCache& cache, int layer, bool key) {
   const PagedKvLayer l = cache.layer(layer);
   if (!l.has_token_scales()) return std::nullopt;
-  const PagedLayout& layout = l.layout;
-  const auto n = [](int64_t x) { return static_cast<size_t>(x); };
-  float* data = key ? l.k_token_scale : l.v_token_scale;
-  if (layout.sub_block_size == layout.block_size) {
-    return view(cache, data, {n(l.num_blocks), n(layout.num_kv_heads), n(layout.block_size)}, nb::dtype<float>());
-  }
-  return view(cache, data,
-              {n(l.num_blocks), n(layout.block_size / layout.sub_block_size), n(layout.num_kv_heads),
-               n(layout.sub_block_size)},
-              nb::dtype<float>());
+  return view(cache, key ? l.k_token_scale : l.v_token_scale, physical_shape(l, false), nb::dtype<float>());
 }
 
 PyKvCache* make_cache(const KvCacheSpec& spec, const std::string& device) {
