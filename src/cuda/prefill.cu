@@ -241,8 +241,7 @@ void paged_prefill(const PagedPrefillArgs& args, const PrefillOptions& options, 
   p.seq_lens = args.seq_lens.ptr<const int32_t>();
   p.block_tables = args.block_tables.ptr<const int32_t>();
   p.max_blocks_per_seq = static_cast<int>(args.block_tables.size(1));
-  p.block_size = layout.block_size;
-  p.sub_block_size = layout.sub_block_size;
+  p.layout = layout;
   if (args.cache.has_token_scales()) {
     p.k_token_scale = args.cache.k_token_scale;
     p.v_token_scale = args.cache.v_token_scale;

@@ -154,26 +154,25 @@ __device__ void load_kv_tile(const PrefillParams& p, const WorkTile& t, const CU
                                    cb * Traits::kBoxElems, kv_head, t.k_start + tile * Traits::kBlockN);
     }
   } else {
-    const int rows_per_box = min(p.sub_block_size, Traits::kBlockN);
+    const PagedLayout& layout = p.layout;
+    const int rows_per_box = min(static_cast<int>(layout.sub_block_size), Traits::kBlockN);
     const int boxes = Traits::kBlockN / rows_per_box;
-    const int pages = (t.len_k + p.block_size - 1) / p.block_size;
+    const int pages = (t.len_k + layout.block_size - 1) / layout.block_size;
     const int32_t* table = p.block_tables + static_cast<int64_t>(t.batch) * p.max_blocks_per_seq;
     Barrier::arrive_and_expect_tx(bar, Traits::kKBytes + (scales ? 2 * Traits::kBlockN * 4 : 0));
     for (int i = 0; i < boxes; ++i) {
       const int key = tile * Traits::kBlockN + i * rows_per_box;
-      const int page = key / p.block_size;
-      const int in_page = key % p.block_size;
+      const int page = key / layout.block_size;
+      const int in_page = key % layout.block_size;
       const int block = table[page < pages ? page : 0];
 #pragma unroll
       for (int cb = 0; cb < Traits::kColBlocks; ++cb) {
         cute::SM90_TMA_LOAD_5D::copy(
             map, bar, kTmaCacheHint,
             dst + cb * Traits::kBlockN * Traits::kSwizzleBytes + i * rows_per_box * Traits::kSwizzleBytes,
-            cb * Traits::kBoxElems, in_page % p.sub_block_size, kv_head, in_page / p.sub_block_size, block);
+            cb * Traits::kBoxElems, in_page % layout.sub_block_size, kv_head, in_page / layout.sub_block_size, block);
       }
       if (scales) {
-        const PagedLayout layout{p.num_kv_heads, static_cast<int16_t>(p.block_size),
-                                 static_cast<int16_t>(p.sub_block_size), Traits::kHeadDim};
         const int64_t offset = layout.token_scale_offset(block, kv_head, in_page);
         cute::SM90_BULK_COPY_G2S::copy(p.k_token_scale + offset, bar, k_scale_dst + i * rows_per_box, rows_per_box * 4);
         cute::SM90_BULK_COPY_G2S::copy(p.v_token_scale + offset, bar, v_scale_dst + i * rows_per_box, rows_per_box * 4);

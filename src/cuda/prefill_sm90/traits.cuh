@@ -11,6 +11,7 @@
 #include <cstdint>
 
 #include "cuda/prefill_sm90/sm90_primitives.cuh"
+#include "fp8kv/paged_cache.h"
 
 namespace fp8kv::cuda::sm90 {
 
@@ -134,7 +135,8 @@ struct PrefillParams {
   int blocks_per_head;    // work tiles per query head (an upper bound on the query blocks)
   int num_work;           // num_q_heads * blocks_per_head: the work tile indices
   int work_slot;          // which work-tile counter pair this launch uses (tile_scheduler.cuh)
-  int max_blocks_per_seq, block_size, sub_block_size;  // paged (paged_cache.h)
+  int max_blocks_per_seq;  // paged: block_tables' row length
+  PagedLayout layout;      // paged: the pools' layout (paged_cache.h)
   float softmax_scale_log2;  // softmax_scale * log2(e): the softmax runs on exp2
   bool causal;
   bool two_level;
