@@ -10,7 +10,7 @@
 //     -isystem=.deps/cutlass_wheel/cutlass_library/source/include --expt-relaxed-constexpr \
 //     -gencode=arch=compute_90a,code=sm_90a -o /tmp/wgmma_contention bench/micro/wgmma_contention.cu
 //   /tmp/wgmma_contention
-// Measured (NVIDIA H100 80GB HBM3, 2026-11-25 ~03:05 UTC, cycles per 64-element step of one warp,
+// Measured (NVIDIA H100 80GB HBM3, 2026-11-25 ~03:03 UTC, cycles per 64-element step of one warp,
 // two runs identical to 0.1%): with ex2 783 alone, 1064 beside SS wgmmas, 1167 beside RS wgmmas;
 // without ex2 428, 508, 586.
 #include <cstdio>
