@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <ctime>
+#include <functional>
 #include <fstream>
 #include <iomanip>
 #include <iostream>
@@ -56,6 +57,7 @@ struct Options {
   double memory_fraction = 0.8;  // of free device memory one configuration may use
   std::string balanced = "auto";  // the plan's balanced partition: auto (its heuristic), on, off
   int max_splits = 0;              // the plan's cap on splits per sequence (0 = its heuristic)
+  bool interleaved = false;        // time the variants in turns, run by run, instead of one after another
 };
 
 // Variants measured for every point, in table order.
@@ -83,65 +85,116 @@ double kv_bytes(const Shape& s, int batch, int context, const Variant& v) {
 
 #if defined(FP8KV_WITH_CUDA)
 
-// Median microseconds of one decode step (plan made once, run timed, L2 flushed before each run).
-double time_fp8kv(const Shape& s, int batch, int context, int block_size, const Variant& v, int repeats,
-                  const cuda::DecodePlanOptions& plan_options) {
-  const int64_t blocks_per_seq = (context + block_size - 1) / block_size;
-  const int64_t num_blocks = blocks_per_seq * batch;
-  PagedKvLayer cache;
-  cache.layout = paged_layout(v.storage, s.num_kv_heads, block_size, s.head_dim);
-  cache.num_blocks = num_blocks;
-  cache.dtype = v.storage;
-  cache.granularity = v.granularity;
-  cache.device = Device::kCuda;
-  const size_t pool_elems = static_cast<size_t>(num_blocks * cache.layout.block_elements());
-  cuda_bench::DeviceBuffer k(pool_elems * dtype_size(v.storage)), vpool(pool_elems * dtype_size(v.storage));
-  cuda_bench::fill_random(k.get(), v.storage, pool_elems, 1);
-  cuda_bench::fill_random(vpool.get(), v.storage, pool_elems, 2);
-  cache.k = k.get();
-  cache.v = vpool.get();
-  const bool per_token = is_fp8(v.storage) && v.granularity == ScaleGranularity::kPerToken;
-  const size_t token_scales = per_token ? static_cast<size_t>(num_blocks) * s.num_kv_heads * block_size : 0;
-  cuda_bench::DeviceBuffer kts(token_scales * sizeof(float)), vts(token_scales * sizeof(float));
-  cuda_bench::DeviceBuffer static_scales(2 * static_cast<size_t>(s.num_kv_heads) * sizeof(float));
-  if (per_token) {
-    cuda_bench::fill_uniform(kts.as<float>(), token_scales, 0.002f, 0.02f, 3);
-    cuda_bench::fill_uniform(vts.as<float>(), token_scales, 0.002f, 0.02f, 4);
-    cache.k_token_scale = kts.as<float>();
-    cache.v_token_scale = vts.as<float>();
-  } else if (is_fp8(v.storage)) {
-    cuda_bench::fill_uniform(static_scales.as<float>(), 2 * static_cast<size_t>(s.num_kv_heads), 0.002f, 0.02f, 5);
-    cache.k_scale = static_scales.as<float>();
-    cache.v_scale = static_scales.as<float>() + s.num_kv_heads;
+// One point's K/V pools, one pair per storage dtype, filled with random codes: the FP8 variants
+// (per-tensor, per-head, per-token) differ only in their scales and share the FP8 pair.
+struct Pools {
+  Pools(DType storage, size_t elems)
+      : k(elems * dtype_size(storage)), v(elems * dtype_size(storage)) {
+    cuda_bench::fill_random(k.get(), storage, elems, 1);
+    cuda_bench::fill_random(v.get(), storage, elems, 2);
   }
+  cuda_bench::DeviceBuffer k, v;
+};
 
-  // Each sequence owns a contiguous run of blocks, in a shuffled order across sequences.
-  std::vector<int32_t> table(static_cast<size_t>(num_blocks));
-  std::vector<int32_t> order(static_cast<size_t>(batch));
-  for (int b = 0; b < batch; ++b) order[static_cast<size_t>(b)] = (b * 7919) % batch;
-  for (int b = 0; b < batch; ++b) {
-    for (int64_t i = 0; i < blocks_per_seq; ++i) {
-      table[static_cast<size_t>(b * blocks_per_seq + i)] =
-          static_cast<int32_t>(order[static_cast<size_t>(b)] * blocks_per_seq + i);
+// One variant's decode step, ready to run: its scales, block table, q, output and plan (computed
+// once, outside the timing).
+class DecodeCase {
+ public:
+  DecodeCase(const Shape& s, int batch, int context, int block_size, const Variant& v, const Pools& pools,
+             const cuda::DecodePlanOptions& plan_options)
+      : blocks_per_seq_((context + block_size - 1) / block_size),
+        num_blocks_(blocks_per_seq_ * batch),
+        token_scales_(is_fp8(v.storage) && v.granularity == ScaleGranularity::kPerToken
+                          ? static_cast<size_t>(num_blocks_) * s.num_kv_heads * block_size
+                          : 0),
+        k_token_scale_(token_scales_ * sizeof(float)),
+        v_token_scale_(token_scales_ * sizeof(float)),
+        static_scales_(2 * static_cast<size_t>(s.num_kv_heads) * sizeof(float)),
+        table_(static_cast<size_t>(num_blocks_) * sizeof(int32_t)),
+        lens_(static_cast<size_t>(batch) * sizeof(int32_t)),
+        q_(static_cast<size_t>(batch) * s.num_q_heads * s.head_dim * 2),
+        out_(static_cast<size_t>(batch) * s.num_q_heads * s.head_dim * 2) {
+    PagedKvLayer cache;
+    cache.layout = paged_layout(v.storage, s.num_kv_heads, block_size, s.head_dim);
+    cache.num_blocks = num_blocks_;
+    cache.dtype = v.storage;
+    cache.granularity = v.granularity;
+    cache.device = Device::kCuda;
+    cache.k = pools.k.get();
+    cache.v = pools.v.get();
+    if (token_scales_ > 0) {
+      cuda_bench::fill_uniform(k_token_scale_.as<float>(), token_scales_, 0.002f, 0.02f, 3);
+      cuda_bench::fill_uniform(v_token_scale_.as<float>(), token_scales_, 0.002f, 0.02f, 4);
+      cache.k_token_scale = k_token_scale_.as<float>();
+      cache.v_token_scale = v_token_scale_.as<float>();
+    } else if (is_fp8(v.storage)) {
+      cuda_bench::fill_uniform(static_scales_.as<float>(), 2 * static_cast<size_t>(s.num_kv_heads), 0.002f, 0.02f, 5);
+      cache.k_scale = static_scales_.as<float>();
+      cache.v_scale = static_scales_.as<float>() + s.num_kv_heads;
     }
+    // Each sequence owns a contiguous run of blocks, in a shuffled order across sequences.
+    std::vector<int32_t> table(static_cast<size_t>(num_blocks_));
+    std::vector<int32_t> order(static_cast<size_t>(batch));
+    for (int b = 0; b < batch; ++b) order[static_cast<size_t>(b)] = (b * 7919) % batch;
+    for (int b = 0; b < batch; ++b) {
+      for (int64_t i = 0; i < blocks_per_seq_; ++i) {
+        table[static_cast<size_t>(b * blocks_per_seq_ + i)] =
+            static_cast<int32_t>(order[static_cast<size_t>(b)] * blocks_per_seq_ + i);
+      }
+    }
+    const std::vector<int32_t> lens(static_cast<size_t>(batch), context);
+    FP8KV_CUDA_CHECK(cudaMemcpy(table_.get(), table.data(), table.size() * sizeof(int32_t), cudaMemcpyHostToDevice));
+    FP8KV_CUDA_CHECK(cudaMemcpy(lens_.get(), lens.data(), lens.size() * sizeof(int32_t), cudaMemcpyHostToDevice));
+    const size_t q_elems = static_cast<size_t>(batch) * s.num_q_heads * s.head_dim;
+    cuda_bench::fill_random(q_.get(), DType::kBFloat16, q_elems, 6);
+    args_.q = TensorRef(q_.get(), DType::kBFloat16, {batch, s.num_q_heads, s.head_dim}, Device::kCuda);
+    args_.cache = cache;
+    args_.block_tables = TensorRef(table_.get(), DType::kInt32, {batch, blocks_per_seq_}, Device::kCuda);
+    args_.seq_lens = TensorRef(lens_.get(), DType::kInt32, {batch}, Device::kCuda);
+    args_.out = TensorRef(out_.get(), DType::kBFloat16, {batch, s.num_q_heads, s.head_dim}, Device::kCuda);
+    args_.softmax_scale = 1.0f / std::sqrt(static_cast<float>(s.head_dim));
+    plan_ = std::make_unique<cuda::DecodePlan>(args_, lens, plan_options);
   }
-  const std::vector<int32_t> lens(static_cast<size_t>(batch), context);
-  cuda_bench::DeviceBuffer d_table(table.size() * sizeof(int32_t)), d_lens(lens.size() * sizeof(int32_t));
-  FP8KV_CUDA_CHECK(cudaMemcpy(d_table.get(), table.data(), table.size() * sizeof(int32_t), cudaMemcpyHostToDevice));
-  FP8KV_CUDA_CHECK(cudaMemcpy(d_lens.get(), lens.data(), lens.size() * sizeof(int32_t), cudaMemcpyHostToDevice));
-  const size_t q_elems = static_cast<size_t>(batch) * s.num_q_heads * s.head_dim;
-  cuda_bench::DeviceBuffer q(q_elems * 2), out(q_elems * 2);
-  cuda_bench::fill_random(q.get(), DType::kBFloat16, q_elems, 6);
 
-  DecodeArgs args;
-  args.q = TensorRef(q.get(), DType::kBFloat16, {batch, s.num_q_heads, s.head_dim}, Device::kCuda);
-  args.cache = cache;
-  args.block_tables = TensorRef(d_table.get(), DType::kInt32, {batch, blocks_per_seq}, Device::kCuda);
-  args.seq_lens = TensorRef(d_lens.get(), DType::kInt32, {batch}, Device::kCuda);
-  args.out = TensorRef(out.get(), DType::kBFloat16, {batch, s.num_q_heads, s.head_dim}, Device::kCuda);
-  args.softmax_scale = 1.0f / std::sqrt(static_cast<float>(s.head_dim));
-  const cuda::DecodePlan plan(args, lens, plan_options);
-  const double us = cuda_bench::time_median_us([&] { plan.run(args); }, 3, repeats);
+  void run() const { plan_->run(args_); }
+
+ private:
+  int64_t blocks_per_seq_, num_blocks_;
+  size_t token_scales_;
+  cuda_bench::DeviceBuffer k_token_scale_, v_token_scale_, static_scales_, table_, lens_, q_, out_;
+  DecodeArgs args_;
+  std::unique_ptr<cuda::DecodePlan> plan_;
+};
+
+// Median microseconds of one decode step per variant (kVariants order). Sequential (the default):
+// each variant's warm-up and runs one after another. Interleaved (--interleaved): the variants take
+// turns run by run, as the prefill bench does; for decode that costs the variant that follows a
+// different kernel 3-4 µs (H100, 2026-11-25: batch 1 x 16k FP8 per-tensor 22.6-22.8 µs right after
+// BF16 against 19.3-19.8 per-head right after it, 19.1-19.6 sequential; BF16 at 8 x 1k 21.4-21.8
+// against 17.6-17.9), presumably the kernel's code fetched again after the L2 flush evicted it, a
+// cost short decode steps do not pay twice in a row in a model. So decode keeps the sequential
+// default.
+std::vector<double> time_variants(const Shape& s, int batch, int context, int block_size, int repeats,
+                                  bool interleaved, const cuda::DecodePlanOptions& plan_options) {
+  const int64_t num_blocks = (context + block_size - 1) / block_size * static_cast<int64_t>(batch);
+  std::map<DType, std::unique_ptr<Pools>> pools;
+  std::vector<std::unique_ptr<DecodeCase>> cases;
+  for (const Variant& v : kVariants) {
+    auto& pool = pools[v.storage];
+    if (!pool) {
+      const PagedLayout layout = paged_layout(v.storage, s.num_kv_heads, block_size, s.head_dim);
+      pool = std::make_unique<Pools>(v.storage, static_cast<size_t>(num_blocks * layout.block_elements()));
+    }
+    cases.push_back(std::make_unique<DecodeCase>(s, batch, context, block_size, v, *pool, plan_options));
+  }
+  std::vector<std::function<void()>> runs;
+  for (const auto& c : cases) runs.push_back([&c] { c->run(); });
+  std::vector<double> us;
+  if (interleaved) {
+    us = cuda_bench::time_interleaved_median_us(runs, 3, repeats);
+  } else {
+    for (const auto& run : runs) us.push_back(cuda_bench::time_median_us(run, 3, repeats));
+  }
   cuda::check_errors();
   return us;
 }
@@ -201,14 +254,14 @@ void run_bench(const Options& o) {
     FP8KV_REQUIRE(found, "--shapes", "unknown shape '", name, "' (llama-3.1-8b, qwen3-0.6b)");
   }
 
-  // Points whose BF16 cache fits: the ratios need both storages.
+  // Points whose BF16 and FP8 caches fit at once (the variants are timed side by side).
   const size_t budget = static_cast<size_t>(static_cast<double>(cuda_bench::device_free_bytes()) * o.memory_fraction);
   std::vector<std::tuple<Shape, int, int>> points;
   std::vector<std::tuple<Shape, int, int>> skipped;
   for (const Shape& s : shapes) {
     for (int batch : o.batches) {
       for (int context : o.contexts) {
-        const double bytes = kv_bytes(s, batch, context, kVariants[0]) * 1.02;
+        const double bytes = (kv_bytes(s, batch, context, kVariants[0]) + kv_bytes(s, batch, context, kVariants[3])) * 1.02;
         (bytes < static_cast<double>(budget) ? points : skipped).emplace_back(s, batch, context);
       }
     }
@@ -226,7 +279,9 @@ void run_bench(const Options& o) {
   const double read_gbs = cuda_bench::measure_read_bandwidth_gbs(size_t{4} << 30, 20);
   j["read_bandwidth_gbs"] = read_gbs;
   j["method"] = "CUDA events, median of " + std::to_string(o.repeats) +
-                " single runs, L2 flushed by reading 256 MiB before each; plan computed once outside the timing; q bf16, "
+                " single runs, L2 flushed by reading 256 MiB before each; the four fp8kv variants " +
+                (o.interleaved ? std::string("interleaved run by run") : std::string("timed one after another")) +
+                "; plan computed once outside the timing; q bf16, "
                 "out bf16; effective bandwidth = K+V bytes (+ scales) / time; balanced partition: " + o.balanced +
                 "; max splits per sequence: " + (o.max_splits > 0 ? std::to_string(o.max_splits) : std::string("heuristic"));
   std::cerr << "read bandwidth: " << read_gbs << " GB/s\n";
@@ -248,8 +303,11 @@ void run_bench(const Options& o) {
                             {"head_dim", s.head_dim}, {"batch", batch},           {"context", context},
                             {"block_size", block_size}};
       std::map<std::string, double> us;
-      for (const Variant& v : kVariants) {
-        const double t = time_fp8kv(s, batch, context, block_size, v, o.repeats, plan_options);
+      const std::vector<double> times =
+          time_variants(s, batch, context, block_size, o.repeats, o.interleaved, plan_options);
+      for (size_t i = 0; i < std::size(kVariants); ++i) {
+        const Variant& v = kVariants[i];
+        const double t = times[i];
         const double gbs = kv_bytes(s, batch, context, v) / (t * 1e-6) / 1e9;
         us[v.name] = t;
         row[v.name] = {{"us", t}, {"kv_bytes", kv_bytes(s, batch, context, v)}, {"gbs", gbs},
@@ -276,7 +334,7 @@ void run_bench(const Options& o) {
   }
   nlohmann::json skipped_json = nlohmann::json::array();
   for (const auto& [s, batch, context] : skipped) {
-    skipped_json.push_back({{"shape", s.name}, {"batch", batch}, {"context", context}, {"reason", "BF16 cache does not fit"}});
+    skipped_json.push_back({{"shape", s.name}, {"batch", batch}, {"context", context}, {"reason", "BF16 and FP8 caches do not fit together"}});
   }
   j["points"] = rows;
   j["skipped"] = skipped_json;
@@ -315,6 +373,9 @@ void register_bench_decode(CLI::App& bench) {
                   "The plan's balanced partition: auto (where the plan expects a gain), on (wherever it applies), off")
       ->check(CLI::IsMember({"auto", "on", "off"}))
       ->capture_default_str();
+  cmd->add_flag("--interleaved", options->interleaved,
+                "Time the four variants in turns, run by run, instead of one after another (each after its own "
+                "warm-up); the variant after a different kernel then pays for its code again (~3-4 us)");
   cmd->add_option("--max-splits", options->max_splits, "The plan's cap on splits per sequence (0 = its heuristic)")
       ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
