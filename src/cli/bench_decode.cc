@@ -96,27 +96,53 @@ struct Pools {
   cuda_bench::DeviceBuffer k, v;
 };
 
-// One variant's decode step, ready to run: its scales, block table, q, output and plan (computed
-// once, outside the timing).
+// What a point's variants share besides the pools: the block table (each sequence owns a
+// contiguous run of blocks, in a shuffled order across sequences), the lengths, q and the output.
+struct PointInputs {
+  PointInputs(const Shape& s, int batch, int context, int block_size)
+      : batch(batch),
+        blocks_per_seq((context + block_size - 1) / block_size),
+        num_blocks(blocks_per_seq * batch),
+        lens_host(static_cast<size_t>(batch), context),
+        table(static_cast<size_t>(num_blocks) * sizeof(int32_t)),
+        lens(static_cast<size_t>(batch) * sizeof(int32_t)),
+        q(static_cast<size_t>(batch) * s.num_q_heads * s.head_dim * 2),
+        out(static_cast<size_t>(batch) * s.num_q_heads * s.head_dim * 2) {
+    std::vector<int32_t> host_table(static_cast<size_t>(num_blocks));
+    std::vector<int32_t> order(static_cast<size_t>(batch));
+    for (int b = 0; b < batch; ++b) order[static_cast<size_t>(b)] = (b * 7919) % batch;
+    for (int b = 0; b < batch; ++b) {
+      for (int64_t i = 0; i < blocks_per_seq; ++i) {
+        host_table[static_cast<size_t>(b * blocks_per_seq + i)] =
+            static_cast<int32_t>(order[static_cast<size_t>(b)] * blocks_per_seq + i);
+      }
+    }
+    FP8KV_CUDA_CHECK(cudaMemcpy(table.get(), host_table.data(), host_table.size() * sizeof(int32_t),
+                                cudaMemcpyHostToDevice));
+    FP8KV_CUDA_CHECK(cudaMemcpy(lens.get(), lens_host.data(), lens_host.size() * sizeof(int32_t), cudaMemcpyHostToDevice));
+    cuda_bench::fill_random(q.get(), DType::kBFloat16, static_cast<size_t>(batch) * s.num_q_heads * s.head_dim, 6);
+  }
+  int batch;
+  int64_t blocks_per_seq, num_blocks;
+  std::vector<int32_t> lens_host;
+  cuda_bench::DeviceBuffer table, lens, q, out;
+};
+
+// One variant's decode step, ready to run: its scales and its plan (computed once, outside the
+// timing) over the point's shared pools and inputs.
 class DecodeCase {
  public:
-  DecodeCase(const Shape& s, int batch, int context, int block_size, const Variant& v, const Pools& pools,
+  DecodeCase(const Shape& s, int block_size, const Variant& v, const Pools& pools, const PointInputs& in,
              const cuda::DecodePlanOptions& plan_options)
-      : blocks_per_seq_((context + block_size - 1) / block_size),
-        num_blocks_(blocks_per_seq_ * batch),
-        token_scales_(is_fp8(v.storage) && v.granularity == ScaleGranularity::kPerToken
-                          ? static_cast<size_t>(num_blocks_) * s.num_kv_heads * block_size
+      : token_scales_(is_fp8(v.storage) && v.granularity == ScaleGranularity::kPerToken
+                          ? static_cast<size_t>(in.num_blocks) * s.num_kv_heads * block_size
                           : 0),
         k_token_scale_(token_scales_ * sizeof(float)),
         v_token_scale_(token_scales_ * sizeof(float)),
-        static_scales_(2 * static_cast<size_t>(s.num_kv_heads) * sizeof(float)),
-        table_(static_cast<size_t>(num_blocks_) * sizeof(int32_t)),
-        lens_(static_cast<size_t>(batch) * sizeof(int32_t)),
-        q_(static_cast<size_t>(batch) * s.num_q_heads * s.head_dim * 2),
-        out_(static_cast<size_t>(batch) * s.num_q_heads * s.head_dim * 2) {
+        static_scales_(2 * static_cast<size_t>(s.num_kv_heads) * sizeof(float)) {
     PagedKvLayer cache;
     cache.layout = paged_layout(v.storage, s.num_kv_heads, block_size, s.head_dim);
-    cache.num_blocks = num_blocks_;
+    cache.num_blocks = in.num_blocks;
     cache.dtype = v.storage;
     cache.granularity = v.granularity;
     cache.device = Device::kCuda;
@@ -132,36 +158,21 @@ class DecodeCase {
       cache.k_scale = static_scales_.as<float>();
       cache.v_scale = static_scales_.as<float>() + s.num_kv_heads;
     }
-    // Each sequence owns a contiguous run of blocks, in a shuffled order across sequences.
-    std::vector<int32_t> table(static_cast<size_t>(num_blocks_));
-    std::vector<int32_t> order(static_cast<size_t>(batch));
-    for (int b = 0; b < batch; ++b) order[static_cast<size_t>(b)] = (b * 7919) % batch;
-    for (int b = 0; b < batch; ++b) {
-      for (int64_t i = 0; i < blocks_per_seq_; ++i) {
-        table[static_cast<size_t>(b * blocks_per_seq_ + i)] =
-            static_cast<int32_t>(order[static_cast<size_t>(b)] * blocks_per_seq_ + i);
-      }
-    }
-    const std::vector<int32_t> lens(static_cast<size_t>(batch), context);
-    FP8KV_CUDA_CHECK(cudaMemcpy(table_.get(), table.data(), table.size() * sizeof(int32_t), cudaMemcpyHostToDevice));
-    FP8KV_CUDA_CHECK(cudaMemcpy(lens_.get(), lens.data(), lens.size() * sizeof(int32_t), cudaMemcpyHostToDevice));
-    const size_t q_elems = static_cast<size_t>(batch) * s.num_q_heads * s.head_dim;
-    cuda_bench::fill_random(q_.get(), DType::kBFloat16, q_elems, 6);
-    args_.q = TensorRef(q_.get(), DType::kBFloat16, {batch, s.num_q_heads, s.head_dim}, Device::kCuda);
+    const int batch = in.batch;
+    args_.q = TensorRef(in.q.get(), DType::kBFloat16, {batch, s.num_q_heads, s.head_dim}, Device::kCuda);
     args_.cache = cache;
-    args_.block_tables = TensorRef(table_.get(), DType::kInt32, {batch, blocks_per_seq_}, Device::kCuda);
-    args_.seq_lens = TensorRef(lens_.get(), DType::kInt32, {batch}, Device::kCuda);
-    args_.out = TensorRef(out_.get(), DType::kBFloat16, {batch, s.num_q_heads, s.head_dim}, Device::kCuda);
+    args_.block_tables = TensorRef(in.table.get(), DType::kInt32, {batch, in.blocks_per_seq}, Device::kCuda);
+    args_.seq_lens = TensorRef(in.lens.get(), DType::kInt32, {batch}, Device::kCuda);
+    args_.out = TensorRef(in.out.get(), DType::kBFloat16, {batch, s.num_q_heads, s.head_dim}, Device::kCuda);
     args_.softmax_scale = 1.0f / std::sqrt(static_cast<float>(s.head_dim));
-    plan_ = std::make_unique<cuda::DecodePlan>(args_, lens, plan_options);
+    plan_ = std::make_unique<cuda::DecodePlan>(args_, in.lens_host, plan_options);
   }
 
   void run() const { plan_->run(args_); }
 
  private:
-  int64_t blocks_per_seq_, num_blocks_;
   size_t token_scales_;
-  cuda_bench::DeviceBuffer k_token_scale_, v_token_scale_, static_scales_, table_, lens_, q_, out_;
+  cuda_bench::DeviceBuffer k_token_scale_, v_token_scale_, static_scales_;
   DecodeArgs args_;
   std::unique_ptr<cuda::DecodePlan> plan_;
 };
@@ -171,21 +182,20 @@ class DecodeCase {
 // turns run by run, as the prefill bench does; for decode that costs the variant that follows a
 // different kernel 3-4 µs (H100, 2026-11-25: batch 1 x 16k FP8 per-tensor 22.6-22.8 µs right after
 // BF16 against 19.3-19.8 per-head right after it, 19.1-19.6 sequential; BF16 at 8 x 1k 21.4-21.8
-// against 17.6-17.9), presumably the kernel's code fetched again after the L2 flush evicted it, a
-// cost short decode steps do not pay twice in a row in a model. So decode keeps the sequential
-// default.
+// against 17.6-17.9), presumably the kernel's code fetched again after the L2 flush evicted it.
+// The sequential default compares the kernels with their code warm, each as it runs alone.
 std::vector<double> time_variants(const Shape& s, int batch, int context, int block_size, int repeats,
                                   bool interleaved, const cuda::DecodePlanOptions& plan_options) {
-  const int64_t num_blocks = (context + block_size - 1) / block_size * static_cast<int64_t>(batch);
+  const PointInputs inputs(s, batch, context, block_size);
   std::map<DType, std::unique_ptr<Pools>> pools;
   std::vector<std::unique_ptr<DecodeCase>> cases;
   for (const Variant& v : kVariants) {
     auto& pool = pools[v.storage];
     if (!pool) {
       const PagedLayout layout = paged_layout(v.storage, s.num_kv_heads, block_size, s.head_dim);
-      pool = std::make_unique<Pools>(v.storage, static_cast<size_t>(num_blocks * layout.block_elements()));
+      pool = std::make_unique<Pools>(v.storage, static_cast<size_t>(inputs.num_blocks * layout.block_elements()));
     }
-    cases.push_back(std::make_unique<DecodeCase>(s, batch, context, block_size, v, *pool, plan_options));
+    cases.push_back(std::make_unique<DecodeCase>(s, block_size, v, *pool, inputs, plan_options));
   }
   std::vector<std::function<void()>> runs;
   for (const auto& c : cases) runs.push_back([&c] { c->run(); });
