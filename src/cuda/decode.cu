@@ -95,18 +95,24 @@ int sm_count() {
   return count;
 }
 
-// The storage-type switch in front of cuda_detail::paged_decode_op (launch, or occupancy query).
-void decode_op(DType storage, const DecodeParams* p, int head_dim, int kernel_group, dim3 grid, bool two_per_sm,
-               cudaStream_t stream, int* blocks_per_sm) {
+// The storage-type and scale-kind switch in front of cuda_detail::paged_decode_op (launch, or
+// occupancy query). Per-token scales exist for FP8 storage only (PagedKvLayer::validate).
+void decode_op(DType storage, bool per_token, const DecodeParams* p, int head_dim, int kernel_group, dim3 grid,
+               bool two_per_sm, cudaStream_t stream, int* blocks_per_sm) {
+  using cuda_detail::paged_decode_op;
   switch (storage) {
     case DType::kBFloat16:
-      return cuda_detail::paged_decode_op<Bf16>(p, head_dim, kernel_group, grid, two_per_sm, stream, blocks_per_sm);
+      return paged_decode_op<Bf16, false>(p, head_dim, kernel_group, grid, two_per_sm, stream, blocks_per_sm);
     case DType::kFloat16:
-      return cuda_detail::paged_decode_op<Fp16>(p, head_dim, kernel_group, grid, two_per_sm, stream, blocks_per_sm);
+      return paged_decode_op<Fp16, false>(p, head_dim, kernel_group, grid, two_per_sm, stream, blocks_per_sm);
     case DType::kFp8E4M3:
-      return cuda_detail::paged_decode_op<Fp8E4M3>(p, head_dim, kernel_group, grid, two_per_sm, stream, blocks_per_sm);
+      return per_token
+                 ? paged_decode_op<Fp8E4M3, true>(p, head_dim, kernel_group, grid, two_per_sm, stream, blocks_per_sm)
+                 : paged_decode_op<Fp8E4M3, false>(p, head_dim, kernel_group, grid, two_per_sm, stream, blocks_per_sm);
     case DType::kFp8E5M2:
-      return cuda_detail::paged_decode_op<Fp8E5M2>(p, head_dim, kernel_group, grid, two_per_sm, stream, blocks_per_sm);
+      return per_token
+                 ? paged_decode_op<Fp8E5M2, true>(p, head_dim, kernel_group, grid, two_per_sm, stream, blocks_per_sm)
+                 : paged_decode_op<Fp8E5M2, false>(p, head_dim, kernel_group, grid, two_per_sm, stream, blocks_per_sm);
     default: throw Unsupported(std::string("cache dtype ") + dtype_name(storage));
   }
 }
@@ -195,7 +201,7 @@ DecodePlan::DecodePlan(const DecodeArgs& args, const std::vector<int32_t>& host_
   // the count reach 3 per SM put 320 blocks on 132 SMs and ran 15% slower).
   const int64_t blocks_per_split = static_cast<int64_t>(s.num_kv_heads) * s.kernel.head_chunks;
   int blocks_per_sm = 0;
-  decode_op(s.storage, nullptr, s.head_dim, s.kernel.kernel_group, dim3(), false, nullptr, &blocks_per_sm);
+  decode_op(s.storage, s.per_token, nullptr, s.head_dim, s.kernel.kernel_group, dim3(), false, nullptr, &blocks_per_sm);
   const int64_t wave = std::max<int64_t>(1, static_cast<int64_t>(blocks_per_sm) * sm_count());
   const int64_t split_wave =
       std::max<int64_t>(1, static_cast<int64_t>(std::min(blocks_per_sm, kSplitBlocksPerSm)) * sm_count());
@@ -368,7 +374,7 @@ void DecodePlan::run(const DecodeArgs& args, void* stream) const {
 
   const auto st = static_cast<cudaStream_t>(stream);
   const dim3 grid(static_cast<unsigned>(s.num_kv_heads * kernel.head_chunks), static_cast<unsigned>(s.num_work));
-  decode_op(cache.dtype, &p, s.head_dim, kernel.kernel_group, grid, s.balance_tokens > 0, st, nullptr);
+  decode_op(cache.dtype, s.per_token, &p, s.head_dim, kernel.kernel_group, grid, s.balance_tokens > 0, st, nullptr);
   FP8KV_CUDA_CHECK_LAUNCH();
 }
 

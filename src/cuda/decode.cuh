@@ -20,7 +20,13 @@
 //
 // Scales: per_tensor / per_head K scales fold into the per-head score scale (softmax_scale *
 // log2(e) * k_scale, so scores come out in log2 units for exp2), V scales multiply the output once.
-// per_token scales multiply each score (K) and each probability (V) as the token is consumed.
+// per_token scales multiply each score (K) and each probability (V) as the token is consumed. The
+// kernels are compiled for one or the other (kPerToken). With the per-token code in the static
+// kernels as a runtime branch, FP8 per-tensor took 2-4% longer on the H100 wherever a block
+// streams many keys (llama 128 x 64k 5974 against 5820 us, 1 x 16k 19.1 against 18.3); without
+// it ptxas gives the head-dim-128 kernels of 4-query-head groups 139 registers instead of 128, so
+// an SM holds 3 of their blocks instead of 4, and multi-wave batches of short contexts lose ~1%
+// (128 x 4k 380 against 384 us). A 128-register cap spills and loses more than it gains.
 //
 // Splits: the blocks sharing a sequence (splits, or balanced segments) write an FP32 partial output
 // normalised by its own softmax sum plus its log2-sum-exp; the last of them to finish (an atomic
@@ -105,10 +111,13 @@ __device__ __forceinline__ void cp_async_16(void* smem, const void* global, bool
 // Per-token scales: a page's scale row of one head is 64 bytes at block size 16, and the 128-byte
 // line also holds the neighbouring head's row, which another block column reads at about the same
 // time: L2::128B fetches the line in one request (measured 0.4-1.3% off per-token decode at batch
-// >= 8 on the H100, per-tensor unchanged).
-__device__ __forceinline__ void cp_async_8(void* smem, const void* global, bool valid) {
+// >= 8 on the H100, per-tensor unchanged). kBytes (4 or 8) are copied, of which the first
+// `src_bytes` are read and the rest zero-filled.
+template <int kBytes>
+__device__ __forceinline__ void cp_async_scales(void* smem, const void* global, int src_bytes) {
   const uint32_t dst = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
-  asm volatile("cp.async.ca.shared.global.L2::128B [%0], [%1], 8, %2;" ::"r"(dst), "l"(global), "r"(valid ? 8 : 0)
+  asm volatile("cp.async.ca.shared.global.L2::128B [%0], [%1], %2, %3;" ::"r"(dst), "l"(global), "n"(kBytes),
+               "r"(src_bytes)
                : "memory");
 }
 
@@ -203,19 +212,23 @@ struct DecodeTile {
   // Block ids a warp tile needs: a tile of at most 16 tokens starts at a multiple of its size (see
   // the kernel), so it lies in one page (block sizes are >= 16); longer tiles take one per step.
   // One page offset per tile also took the FP8 head_dim 128 kernels of groups 1-4 to 128 registers
-  // (from 134-141), so an SM holds 4 of their blocks instead of 3 (the plan's multi-wave case uses
-  // them: batch 128 x 4k 1.7% faster on the H100).
+  // (from 134-141), so an SM held 4 of their blocks instead of 3 (the plan's multi-wave case uses
+  // them: batch 128 x 4k 1.7% faster on the H100); the static-scale kernels of groups 4 and 8 are
+  // back at 137-139 since the per-token code left them (see the head of this file).
   static constexpr int kTileIds = kWarpTile <= 16 ? 1 : kSteps;
   static constexpr int kBlockTile = kWarpTile * kDecodeWarps;
   // One stage of a warp's ring: its K vectors as [vector][lane]; then V, either as [vector][lane]
   // (CUDA-core P.V) or as token rows padded by 16 bytes (tensor-core P.V reads 4-byte words of 4
   // tokens per lane: the padding spreads the 4 tokens of a load over distinct banks); then the
-  // per-token K and V scales as [step][K|V][8 tokens] floats (one 8-byte copy per lane fills them);
-  // then the block ids of the iteration kStages - 1 later ([kSteps] int32 in 16 bytes).
+  // per-token scales, a float4 {K(t), K(t + 1), V(t), V(t + 1)} per token pair t = 8u + 2c (quad
+  // lane c's pair of step u: one 16-byte load per step), which all 32 lanes fill, kScalesPerLane
+  // consecutive tokens of K (lanes 0-15) or V (lanes 16-31) each; then the block ids of the
+  // iteration kStages - 1 later ([kSteps] int32 in 16 bytes).
   static constexpr int kKStageVectors = kSteps * kKVectors;
   static constexpr int kVPitch = kHeadDim * static_cast<int>(sizeof(Storage)) + 16;
   static constexpr int kVRegionBytes = kPvMma ? kSteps * 8 * kVPitch : kSteps * kVLoads * 32 * 16;
   static constexpr int kScaleOffset = kKStageVectors * 32 * 16 + kVRegionBytes;
+  static constexpr int kScalesPerLane = kWarpTile / 16;
   static constexpr int kIdOffset = kScaleOffset + kSteps * 2 * 8 * static_cast<int>(sizeof(float));
   static constexpr int kStageBytes = kIdOffset + 16;
   static constexpr int kStages = kRingBytesPerBlock / (kDecodeWarps * kStageBytes) > 4   ? 4
@@ -223,9 +236,10 @@ struct DecodeTile {
                                                                                          : kRingBytesPerBlock / (kDecodeWarps * kStageBytes);
   static constexpr int kSmemBytes = kDecodeWarps * kStages * kStageBytes;
   static_assert(kRowVectors % 4 == 0 && kRowVectors <= 32, "head_dim of 64, 128 or 256");
-  static_assert(kStageBytes % 16 == 0 && kVPitch % 16 == 0, "stages and V rows stay 16-byte aligned");
+  static_assert(kStageBytes % 16 == 0 && kVPitch % 16 == 0 && kScaleOffset % 16 == 0,
+                "stages, V rows and the scales' float4s stay 16-byte aligned");
   static_assert(!kPvMma || kSteps % 2 == 0, "tensor-core P.V takes steps in pairs");
-  static_assert(kSteps <= 4, "a step's scales take 8 lanes of one copy; its block id 4 of 16 bytes");
+  static_assert(kSteps <= 4, "a stage's block ids fit its 16 bytes");
 };
 
 // One thread block's share of one sequence for its block column: keys [t_begin, t_stop) (t_stop
@@ -246,7 +260,7 @@ struct DecodeSegment {
 
 // Processes one segment with the whole thread block (all threads call it; it ends with every
 // thread past its last use of shared memory except where the next call's barrier orders it).
-template <typename Storage, int kHeadDim, int kGroup>
+template <typename Storage, int kHeadDim, int kGroup, bool kPerToken>
 __device__ __forceinline__ void decode_segment(const DecodeParams& p, const DecodeSegment& seg) {
   using Traits = StorageTraits<Storage>;
   using Tile = DecodeTile<Storage, kHeadDim>;
@@ -266,6 +280,8 @@ __device__ __forceinline__ void decode_segment(const DecodeParams& p, const Deco
   constexpr int kStages = Tile::kStages;
   static_assert(kGroup <= 8, "query heads fill at most the first 8 rows of the m16 tile");
   static_assert(kGroup <= max_decode_group(Traits::kIsFp8, kHeadDim), "register budget: see max_decode_group()");
+  static_assert(!kPerToken || (Tile::kPvMma && (Tile::kScalesPerLane == 1 || Tile::kScalesPerLane == 2)),
+                "per-token scales are FP8 storage's, 16 or 32 tokens a warp tile");
 
   static_assert(kGroup * kHeadDim * static_cast<int>(sizeof(float)) <= kStages * Tile::kStageBytes,
                 "a warp's merge buffer fits in its ring");
@@ -311,7 +327,6 @@ __device__ __forceinline__ void decode_segment(const DecodeParams& p, const Deco
 
   const float k_static = p.scales.k_of_head(kv_head);
   const float v_static = p.scales.v_of_head(kv_head);
-  const bool per_token = p.scales.per_token();
 
   // Q as A fragments: lane (row r, c) holds head q_head0 + r at the physical channels that k-step
   // ks maps to k = 2c, 2c+1 (qa[ks][0]) and 2c+8, 2c+9 (qa[ks][1]); the same map is used for K, so
@@ -421,6 +436,16 @@ __device__ __forceinline__ void decode_segment(const DecodeParams& p, const Deco
   uint4* ring = decode_ring + static_cast<size_t>(warp) * kStages * (Tile::kStageBytes / 16);
   const int iterations = warp_begin < t_end ? (t_end - warp_begin + kBlockTile - 1) / kBlockTile : 0;
 
+  // Per-token scale copies (see DecodeTile): this lane's first token of the warp tile, its offset
+  // from its step's scale row (from the tile's, where the tile lies in one page) and where its
+  // kScalesPerLane scales go in a stage.
+  [[maybe_unused]] const int scale_token = (lane % 16) * Tile::kScalesPerLane;
+  [[maybe_unused]] const float* scale_src =
+      (lane < 16 ? p.scales.k_token : p.scales.v_token) + (kTileIds == 1 ? scale_token : scale_token % 8);
+  [[maybe_unused]] const int scale_dst =
+      Tile::kScaleOffset +
+      4 * (16 * (scale_token / 8) + 4 * (scale_token % 8 / 2) + 2 * (lane / 16) + scale_token % 2);
+
   // Out-of-range block ids are flagged and replaced by block 0 with the copies zero-filled, never
   // dereferenced.
   auto issue = [&](int it, const int32_t (&ids)[kTileIds]) {
@@ -471,21 +496,24 @@ __device__ __forceinline__ void decode_segment(const DecodeParams& p, const Deco
       scale_offset[u] = token_scale;
       scale_ok[u] = ok;
     }
-    // Per-token scales: lane 8u + 4kv + j copies the scales of tokens 2j, 2j+1 of step u's K (kv 0)
-    // or V (kv 1) row, one instruction for all of them (their 32-byte rows are contiguous).
-    if (per_token && lane < 8 * kSteps) {
-      const int u = lane / 8;
+    // Per-token scales, one copy per lane. Those of tokens at or past the length are zero-filled:
+    // their slots may hold stale bits, and a zero V scale keeps a masked token's zero probability
+    // zero.
+    if constexpr (kPerToken) {
       int64_t row = scale_offset[0];
       bool ok = scale_ok[0];
+      if constexpr (kTileIds > 1) {
 #pragma unroll
-      for (int uu = 1; uu < kSteps; ++uu) {
-        if (u == uu) {
-          row = scale_offset[uu];
-          ok = scale_ok[uu];
+        for (int uu = 1; uu < kSteps; ++uu) {
+          if (scale_token / 8 == uu) {
+            row = scale_offset[uu];
+            ok = scale_ok[uu];
+          }
         }
       }
-      const float* scales = (lane & 4) != 0 ? p.scales.v_token : p.scales.k_token;
-      cp_async_8(stage_bytes + Tile::kScaleOffset + 8 * lane, scales + row + 2 * (lane & 3), ok);
+      const int valid_tokens = ok ? max(0, min(Tile::kScalesPerLane, t_end - (tile + scale_token))) : 0;
+      cp_async_scales<4 * Tile::kScalesPerLane>(stage_bytes + scale_dst, scale_src + row,
+                                                4 * valid_tokens);
     }
     // The block ids of iteration it + kStages - 1 (read when this stage is consumed).
     if (lane < kTileIds) {
@@ -521,12 +549,12 @@ __device__ __forceinline__ void decode_segment(const DecodeParams& p, const Deco
       cp_async_commit();
     }
     const uint8_t* v_rows = reinterpret_cast<const uint8_t*>(stage + Tile::kKStageVectors * 32);
-    const float2* stage_scales =
-        reinterpret_cast<const float2*>(reinterpret_cast<const uint8_t*>(stage) + Tile::kScaleOffset);
+    const float4* stage_scales =
+        reinterpret_cast<const float4*>(reinterpret_cast<const uint8_t*>(stage) + Tile::kScaleOffset);
     uint4 k_vec[kSteps][kKVectors];
     uint4 v_vec[kSteps][kVLoads];
-    float2 k_tok[kSteps];
-    float2 v_tok[kSteps];
+    [[maybe_unused]] float2 k_tok[kSteps];
+    [[maybe_unused]] float2 v_tok[kSteps];
 #pragma unroll
     for (int u = 0; u < kSteps; ++u) {
 #pragma unroll
@@ -535,8 +563,11 @@ __device__ __forceinline__ void decode_segment(const DecodeParams& p, const Deco
       for (int i = 0; i < kVLoads; ++i) {
         if constexpr (!Tile::kPvMma) v_vec[u][i] = stage[(Tile::kKStageVectors + u * kVLoads + i) * 32 + lane];
       }
-      k_tok[u] = per_token ? stage_scales[8 * u + quad_col] : make_float2(1.0f, 1.0f);
-      v_tok[u] = per_token ? stage_scales[8 * u + 4 + quad_col] : make_float2(1.0f, 1.0f);
+      if constexpr (kPerToken) {
+        const float4 kv_scales = stage_scales[4 * u + quad_col];
+        k_tok[u] = make_float2(kv_scales.x, kv_scales.y);
+        v_tok[u] = make_float2(kv_scales.z, kv_scales.w);
+      }
     }
 
     // Scores (log2 units): lane (r, c) gets head r's scores of tokens 2c, 2c+1 of each step.
@@ -556,8 +587,14 @@ __device__ __forceinline__ void decode_segment(const DecodeParams& p, const Deco
         }
       }
       const int token = tile + 8 * u + 2 * quad_col;
-      s[u][0] = token < t_end ? d[0] * row_scale * k_tok[u].x : -INFINITY;
-      s[u][1] = token + 1 < t_end ? d[1] * row_scale * k_tok[u].y : -INFINITY;
+      float score0 = d[0] * row_scale;
+      float score1 = d[1] * row_scale;
+      if constexpr (kPerToken) {
+        score0 *= k_tok[u].x;
+        score1 *= k_tok[u].y;
+      }
+      s[u][0] = token < t_end ? score0 : -INFINITY;
+      s[u][1] = token + 1 < t_end ? score1 : -INFINITY;
     }
 
     // Online softmax per head over the quad, the accumulator rescaled once per iteration.
@@ -575,9 +612,8 @@ __device__ __forceinline__ void decode_segment(const DecodeParams& p, const Deco
       const float p0 = exp2f(s[u][0] - m_ref);
       const float p1 = exp2f(s[u][1] - m_ref);
       l += p0 + p1;
-      // A per-token V scale weighs the probability (the tensor-core P.V applies it per pair).
-      s[u][0] = Tile::kPvMma ? p0 : p0 * v_tok[u].x;
-      s[u][1] = Tile::kPvMma ? p1 : p1 * v_tok[u].y;
+      s[u][0] = p0;  // per-token V scales weigh it in the P.V below
+      s[u][1] = p1;
     }
     m = m_new;
 
@@ -602,7 +638,7 @@ __device__ __forceinline__ void decode_segment(const DecodeParams& p, const Deco
 #pragma unroll
       for (int u2 = 0; u2 < kSteps / 2; ++u2) {
         float p00 = s[2 * u2][0], p01 = s[2 * u2][1], p10 = s[2 * u2 + 1][0], p11 = s[2 * u2 + 1][1];
-        if (per_token) {
+        if constexpr (kPerToken) {
           // Per-token V scales enter P before its fp16 rounding, relative to v_ref, a running
           // reference of the warp's V scales; the accumulator is kept in units of v_ref. v_ref
           // moves (and the accumulator is rescaled) only when a token's scale exceeds
@@ -700,7 +736,7 @@ __device__ __forceinline__ void decode_segment(const DecodeParams& p, const Deco
   };
   float(*own_acc)[kHeadDim] = warp_acc(warp);
   if constexpr (Tile::kPvMma) {
-    const float acc_unit = per_token ? v_ref : 1.0f;  // warps differ in v_ref: back to absolute units
+    const float acc_unit = kPerToken ? v_ref : 1.0f;  // warps differ in v_ref: back to absolute units
 #pragma unroll
     for (int a = 0; a < kAccRows; ++a) {
 #pragma unroll
@@ -894,7 +930,7 @@ __device__ __forceinline__ void decode_segment(const DecodeParams& p, const Deco
 // tail of one sequence and the head of the next. Every block row then streams the same number of
 // keys, where whole-sequence splits leave slots idle (256 blocks of 16k keys on 264 slots);
 // partial rows are 2y + k for the row's k-th segment.
-template <typename Storage, int kHeadDim, int kGroup>
+template <typename Storage, int kHeadDim, int kGroup, bool kPerToken>
 __global__ void __launch_bounds__(kDecodeThreads) paged_decode_kernel(const DecodeParams p) {
   const int y = static_cast<int>(blockIdx.y);
   const bool balanced = p.balance_tokens > 0;
@@ -944,19 +980,19 @@ __global__ void __launch_bounds__(kDecodeThreads) paged_decode_kernel(const Deco
       seg.row_step = 1;
     }
     if (k > 0) __syncthreads();  // the previous segment's last reads of shared memory are done
-    decode_segment<Storage, kHeadDim, kGroup>(p, seg);
+    decode_segment<Storage, kHeadDim, kGroup, kPerToken>(p, seg);
   }
 }
 
-// Launches paged_decode_kernel<Storage, kHeadDim, kGroup> over `grid` (a non-null `blocks_per_sm`
-// instead receives how many of its blocks one SM holds at once, for the plan). `two_per_sm`
+// Launches paged_decode_kernel<Storage, kHeadDim, kGroup, kPerToken> over `grid` (a non-null
+// `blocks_per_sm` instead receives how many of its blocks one SM holds at once, for the plan). `two_per_sm`
 // launches with enough dynamic shared memory that no SM holds more than two of the blocks: the
 // balanced plan counts on every block sharing its SM with exactly one other.
-template <typename Storage, int kHeadDim, int kGroup>
+template <typename Storage, int kHeadDim, int kGroup, bool kPerToken>
 void paged_decode_kernel_op(const DecodeParams* p, dim3 grid, bool two_per_sm, cudaStream_t stream,
                             int* blocks_per_sm) {
   constexpr int kSmem = DecodeTile<Storage, kHeadDim>::kSmemBytes;
-  const auto kernel = paged_decode_kernel<Storage, kHeadDim, kGroup>;
+  const auto kernel = paged_decode_kernel<Storage, kHeadDim, kGroup, kPerToken>;
   // The ring exceeds the default 48 KB of dynamic shared memory, and a capped launch takes up to
   // half an SM's: raise the limit once per device, and keep that half-SM size.
   static std::atomic<int> half_sm_of_device[64];  // 0 = not configured yet
@@ -987,39 +1023,45 @@ void paged_decode_kernel_op(const DecodeParams* p, dim3 grid, bool two_per_sm, c
   kernel<<<grid, kDecodeThreads, smem, stream>>>(*p);
 }
 
-template <typename Storage, int kHeadDim>
+template <typename Storage, int kHeadDim, bool kPerToken>
 void paged_decode_group_op(const DecodeParams* p, int kernel_group, dim3 grid, bool two_per_sm, cudaStream_t stream,
                            int* blocks_per_sm) {
   switch (kernel_group) {
-    case 1: return paged_decode_kernel_op<Storage, kHeadDim, 1>(p, grid, two_per_sm, stream, blocks_per_sm);
-    case 2: return paged_decode_kernel_op<Storage, kHeadDim, 2>(p, grid, two_per_sm, stream, blocks_per_sm);
-    case 4: return paged_decode_kernel_op<Storage, kHeadDim, 4>(p, grid, two_per_sm, stream, blocks_per_sm);
+    case 1: return paged_decode_kernel_op<Storage, kHeadDim, 1, kPerToken>(p, grid, two_per_sm, stream, blocks_per_sm);
+    case 2: return paged_decode_kernel_op<Storage, kHeadDim, 2, kPerToken>(p, grid, two_per_sm, stream, blocks_per_sm);
+    case 4: return paged_decode_kernel_op<Storage, kHeadDim, 4, kPerToken>(p, grid, two_per_sm, stream, blocks_per_sm);
     case 8:
       if constexpr (8 <= max_decode_group(StorageTraits<Storage>::kIsFp8, kHeadDim)) {
-        return paged_decode_kernel_op<Storage, kHeadDim, 8>(p, grid, two_per_sm, stream, blocks_per_sm);
+        return paged_decode_kernel_op<Storage, kHeadDim, 8, kPerToken>(p, grid, two_per_sm, stream, blocks_per_sm);
       }
       break;
     default: break;
   }
 }
 
-// Launches paged_decode_kernel<Storage, head_dim, kernel_group> (kernel_group from the host's
-// selection, head_dim 64/128/256), or with p == nullptr reports its blocks per SM. One translation
-// unit per storage type (decode_<storage>.cu) instantiates it, so the four compile in parallel.
-template <typename Storage>
+// Launches paged_decode_kernel<Storage, head_dim, kernel_group, kPerToken> (kernel_group from the
+// host's selection, head_dim 64/128/256), or with p == nullptr reports its blocks per SM. One
+// translation unit per storage type and scale kind (decode_<storage>[_token].cu) instantiates it,
+// so the six compile in parallel.
+template <typename Storage, bool kPerToken>
 void paged_decode_op(const DecodeParams* p, int head_dim, int kernel_group, dim3 grid, bool two_per_sm,
                      cudaStream_t stream, int* blocks_per_sm) {
   switch (head_dim) {
-    case 64: return paged_decode_group_op<Storage, 64>(p, kernel_group, grid, two_per_sm, stream, blocks_per_sm);
-    case 128: return paged_decode_group_op<Storage, 128>(p, kernel_group, grid, two_per_sm, stream, blocks_per_sm);
-    case 256: return paged_decode_group_op<Storage, 256>(p, kernel_group, grid, two_per_sm, stream, blocks_per_sm);
+    case 64:
+      return paged_decode_group_op<Storage, 64, kPerToken>(p, kernel_group, grid, two_per_sm, stream, blocks_per_sm);
+    case 128:
+      return paged_decode_group_op<Storage, 128, kPerToken>(p, kernel_group, grid, two_per_sm, stream, blocks_per_sm);
+    case 256:
+      return paged_decode_group_op<Storage, 256, kPerToken>(p, kernel_group, grid, two_per_sm, stream, blocks_per_sm);
     default: break;
   }
 }
 
-extern template void paged_decode_op<Bf16>(const DecodeParams*, int, int, dim3, bool, cudaStream_t, int*);
-extern template void paged_decode_op<Fp16>(const DecodeParams*, int, int, dim3, bool, cudaStream_t, int*);
-extern template void paged_decode_op<Fp8E4M3>(const DecodeParams*, int, int, dim3, bool, cudaStream_t, int*);
-extern template void paged_decode_op<Fp8E5M2>(const DecodeParams*, int, int, dim3, bool, cudaStream_t, int*);
+extern template void paged_decode_op<Bf16, false>(const DecodeParams*, int, int, dim3, bool, cudaStream_t, int*);
+extern template void paged_decode_op<Fp16, false>(const DecodeParams*, int, int, dim3, bool, cudaStream_t, int*);
+extern template void paged_decode_op<Fp8E4M3, false>(const DecodeParams*, int, int, dim3, bool, cudaStream_t, int*);
+extern template void paged_decode_op<Fp8E4M3, true>(const DecodeParams*, int, int, dim3, bool, cudaStream_t, int*);
+extern template void paged_decode_op<Fp8E5M2, false>(const DecodeParams*, int, int, dim3, bool, cudaStream_t, int*);
+extern template void paged_decode_op<Fp8E5M2, true>(const DecodeParams*, int, int, dim3, bool, cudaStream_t, int*);
 
 }  // namespace fp8kv::cuda_detail
