@@ -4,6 +4,7 @@
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -16,6 +17,7 @@
 #include <memory>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <tuple>
 #include <vector>
 
@@ -58,6 +60,7 @@ struct Options {
   std::string balanced = "auto";  // the plan's balanced partition: auto (its heuristic), on, off
   int max_splits = 0;              // the plan's cap on splits per sequence (0 = its heuristic)
   bool interleaved = false;        // time the variants in turns, run by run, instead of one after another
+  int settle_ms = 1000;            // idle pause before timing each point (see time_variants)
 };
 
 // Variants measured for every point, in table order.
@@ -184,8 +187,13 @@ class DecodeCase {
 // BF16 against 19.3-19.8 per-head right after it, 19.1-19.6 sequential; BF16 at 8 x 1k 21.4-21.8
 // against 17.6-17.9), presumably the kernel's code fetched again after the L2 flush evicted it.
 // The sequential default compares the kernels with their code warm, each as it runs alone.
+// Before the timing the GPU idles `settle_ms`: right after a point that streams at the read
+// bandwidth for a second or more (batch 128 x 64k, 32 x 128k), the next points ran 12-16% slower
+// for a few hundred milliseconds, BF16 and FP8 alike (H100, 2026-11-25: llama 128 x 1k FP8 119-122
+// us right after 128 x 64k, 104-106 later in the same run or after a 1 s pause; presumably the
+// clocks coming back up after the power-capped load).
 std::vector<double> time_variants(const Shape& s, int batch, int context, int block_size, int repeats,
-                                  bool interleaved, const cuda::DecodePlanOptions& plan_options) {
+                                  bool interleaved, int settle_ms, const cuda::DecodePlanOptions& plan_options) {
   const PointInputs inputs(s, batch, context, block_size);
   std::map<DType, std::unique_ptr<Pools>> pools;
   std::vector<std::unique_ptr<DecodeCase>> cases;
@@ -197,6 +205,8 @@ std::vector<double> time_variants(const Shape& s, int batch, int context, int bl
     }
     cases.push_back(std::make_unique<DecodeCase>(s, block_size, v, *pool, inputs, plan_options));
   }
+  FP8KV_CUDA_CHECK(cudaDeviceSynchronize());
+  std::this_thread::sleep_for(std::chrono::milliseconds(settle_ms));
   std::vector<std::function<void()>> runs;
   for (const auto& c : cases) runs.push_back([&c] { c->run(); });
   std::vector<double> us;
@@ -293,7 +303,8 @@ void run_bench(const Options& o) {
                 (o.interleaved ? std::string("interleaved run by run") : std::string("timed one after another")) +
                 "; plan computed once outside the timing; q bf16, "
                 "out bf16; effective bandwidth = K+V bytes (+ scales) / time; balanced partition: " + o.balanced +
-                "; max splits per sequence: " + (o.max_splits > 0 ? std::to_string(o.max_splits) : std::string("heuristic"));
+                "; max splits per sequence: " + (o.max_splits > 0 ? std::to_string(o.max_splits) : std::string("heuristic")) +
+                "; idle " + std::to_string(o.settle_ms) + " ms before each point";
   std::cerr << "read bandwidth: " << read_gbs << " GB/s\n";
 
   std::string peer_status = "disabled (--no-peers)";
@@ -314,7 +325,7 @@ void run_bench(const Options& o) {
                             {"block_size", block_size}};
       std::map<std::string, double> us;
       const std::vector<double> times =
-          time_variants(s, batch, context, block_size, o.repeats, o.interleaved, plan_options);
+          time_variants(s, batch, context, block_size, o.repeats, o.interleaved, o.settle_ms, plan_options);
       for (size_t i = 0; i < std::size(kVariants); ++i) {
         const Variant& v = kVariants[i];
         const double t = times[i];
@@ -387,6 +398,10 @@ void register_bench_decode(CLI::App& bench) {
                 "Time the four variants in turns, run by run, instead of one after another (each after its own "
                 "warm-up); the variant after a different kernel then pays for its code again (~3-4 us)");
   cmd->add_option("--max-splits", options->max_splits, "The plan's cap on splits per sequence (0 = its heuristic)")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  cmd->add_option("--settle-ms", options->settle_ms,
+                  "Idle pause before timing each point (the GPU recovers from the previous point's load)")
       ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
   cmd->callback([options] { run_bench(*options); });
