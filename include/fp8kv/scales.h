@@ -7,7 +7,9 @@
 // `scale` is a dequantization factor ("descale" in FlashAttention-3's words): a larger scale
 // means coarser codes. A scale must be finite and > 0; anything else is rejected. kAmaxFloor keeps
 // an all-zero token (padding, a zeroed head) from producing a zero scale: its codes are then all
-// zero and the scale is harmless.
+// zero and the scale is harmless. A NaN quotient (a NaN input, or inf / inf when an infinite value
+// makes a per-token scale infinite) is stored as +NaN on the CPU and the GPU alike: IEEE leaves
+// the sign of such a NaN to the machine, and x86 gives inf / inf a negative one.
 //
 // Granularity:
 //   per_tensor: one K scale and one V scale per layer          -> float[1] each

@@ -169,6 +169,12 @@ struct StorageTraits<Fp8E4M3> : Fp8StorageTraits<Fp8E4M3> {};
 template <>
 struct StorageTraits<Fp8E5M2> : Fp8StorageTraits<Fp8E5M2> {};
 
+// x / scale as the FP8 quantizers encode it (scales.h): IEEE division, a NaN quotient made +NaN.
+__device__ __forceinline__ float quantize_quotient(float x, float scale) {
+  const float q = __fdiv_rn(x, scale);
+  return q != q ? __uint_as_float(0x7fc00000u) : q;
+}
+
 // Converts `n` (even) floats to storage type T and writes them to `dst` as 32-bit words (n/2 words
 // for 16-bit types, n/4 for FP8; `dst` aligned accordingly). `scale` divides each value first
 // (FP8 only, scales.h's convention: stored = satfinite_rne(x / scale)).
@@ -178,8 +184,8 @@ __device__ __forceinline__ void pack_floats(const float (&x)[kN], float scale, u
     static_assert(kN % 4 == 0, "FP8 packs whole 32-bit words of 4 codes");
 #pragma unroll
     for (int i = 0; i < kN / 4; ++i) {
-      dst[i] = float4_to_fp8x4<T>(__fdiv_rn(x[4 * i], scale), __fdiv_rn(x[4 * i + 1], scale),
-                                  __fdiv_rn(x[4 * i + 2], scale), __fdiv_rn(x[4 * i + 3], scale));
+      dst[i] = float4_to_fp8x4<T>(quantize_quotient(x[4 * i], scale), quantize_quotient(x[4 * i + 1], scale),
+                                  quantize_quotient(x[4 * i + 2], scale), quantize_quotient(x[4 * i + 3], scale));
     }
   } else {
     static_assert(kN % 2 == 0, "16-bit types pack whole 32-bit words of 2 values");

@@ -145,8 +145,9 @@ __global__ void __launch_bounds__(kRopeQuantizeThreads) rope_quantize_kernel(con
     float x[4];
     load_rotated<kHeadDim>(p, p.q + q_row * kHeadDim, pos, rope, valid, lane_in_row, x);
     const float scale = p.q_scale[head / (p.num_q_heads / p.q_groups)];
-    const uint32_t codes = float4_to_fp8x4<Fp8E4M3>(__fdiv_rn(x[0], scale), __fdiv_rn(x[1], scale),
-                                                     __fdiv_rn(x[2], scale), __fdiv_rn(x[3], scale));
+    const uint32_t codes =
+        float4_to_fp8x4<Fp8E4M3>(quantize_quotient(x[0], scale), quantize_quotient(x[1], scale),
+                                 quantize_quotient(x[2], scale), quantize_quotient(x[3], scale));
     if (valid) *reinterpret_cast<uint32_t*>(p.q_out + q_row * kHeadDim + lane_in_row * M::kChunk) = codes;
     return;
   }

@@ -9,10 +9,11 @@ namespace fp8kv::reference {
 namespace {
 
 // Converts one row of head_dim float channels into the pool at `offset`. `scale` is the
-// dequantization scale (ignored for 16-bit storage): stored = satfinite_rne(x / scale).
+// dequantization scale (ignored for 16-bit storage): stored = satfinite_rne(x / scale), a NaN
+// quotient +NaN (scales.h).
 void store_row(void* pool, DType dtype, int64_t offset, const float* row, int head_dim, float scale) {
   for (int c = 0; c < head_dim; ++c) {
-    const float x = is_fp8(dtype) ? row[c] / scale : row[c];
+    const float x = is_fp8(dtype) ? detail::quantize_quotient(row[c], scale) : row[c];
     detail::store(pool, dtype, offset + c, x);
   }
 }

@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <limits>
 
 #include "fp8kv/dtype.h"
 #include "fp8kv/fp8.h"
@@ -34,6 +35,13 @@ inline void store(void* data, DType dtype, int64_t index, float value) {
     case DType::kFp8E5M2: static_cast<Fp8E5M2*>(data)[index] = Fp8E5M2::from_float(value); break;
     default: break;
   }
+}
+
+// x / scale as the FP8 quantizers encode it (scales.h): IEEE division, a NaN quotient made +NaN
+// (the GPU's canonical NaN; x86 would give inf / inf a negative sign).
+inline float quantize_quotient(float x, float scale) {
+  const float q = x / scale;
+  return q != q ? std::numeric_limits<float>::quiet_NaN() : q;
 }
 
 // double -> float rounding to odd (truncate, then set the last bit if anything was cut off).

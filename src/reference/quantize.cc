@@ -69,7 +69,7 @@ void quantize(const TensorRef& x, const TensorRef& out, ScaleGranularity granula
         }
         s[si] = scale_from_amax(amax, max_value);
       }
-      for (int64_t c = 0; c < d; ++c) detail::store(out.data, out.dtype, row + c, detail::load(x.data, x.dtype, row + c) / s[si]);
+      for (int64_t c = 0; c < d; ++c) detail::store(out.data, out.dtype, row + c, detail::quantize_quotient(detail::load(x.data, x.dtype, row + c), s[si]));
     }
   }
 }

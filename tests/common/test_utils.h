@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstdint>
 #include <algorithm>
+#include <cstdio>
 #include <cstdlib>
 #include <random>
 #include <vector>
@@ -16,7 +17,10 @@ namespace fp8kv::testing {
 inline uint64_t test_seed() {
   static const uint64_t base = [] {
     const char* fixed = std::getenv("FP8KV_TEST_SEED");
-    return fixed ? std::strtoull(fixed, nullptr, 10) : static_cast<uint64_t>(std::random_device{}());
+    const uint64_t seed = fixed ? std::strtoull(fixed, nullptr, 10) : static_cast<uint64_t>(std::random_device{}());
+    // ctest runs every test in its own process and shows this line when the test fails.
+    std::fprintf(stderr, "fp8kv tests: random inputs from FP8KV_TEST_SEED=%llu\n", static_cast<unsigned long long>(seed));
+    return seed;
   }();
   static uint64_t counter = 0;
   return base + 0x9E3779B97F4A7C15ull * ++counter;
@@ -31,9 +35,14 @@ inline std::vector<float> random_normal(size_t count, uint64_t seed, float stdde
   std::vector<float> out(count);
   for (auto& x : out) x = normal(rng);
   if (row > 0 && outlier_channels > 0) {
+    // Distinct channels: a channel picked twice would be outlier_gain^2 larger (10^4 at the default),
+    // which overflowed fp16 inputs to infinity (a cache-write test then met a NaN quotient).
     std::vector<int64_t> channels;
     std::uniform_int_distribution<int64_t> pick(0, row - 1);
-    for (int i = 0; i < outlier_channels; ++i) channels.push_back(pick(rng));
+    while (static_cast<int64_t>(channels.size()) < std::min<int64_t>(outlier_channels, row)) {
+      const int64_t c = pick(rng);
+      if (std::find(channels.begin(), channels.end(), c) == channels.end()) channels.push_back(c);
+    }
     for (size_t base = 0; base + static_cast<size_t>(row) <= count; base += static_cast<size_t>(row)) {
       for (int64_t c : channels) out[base + static_cast<size_t>(c)] *= outlier_gain;
     }

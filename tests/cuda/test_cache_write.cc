@@ -107,13 +107,15 @@ void run_write_case(const WriteCase& c) {
 
   const std::vector<uint8_t> got_k = cache.dk.download();
   const std::vector<uint8_t> got_v = cache.dv.download();
-  size_t k_diff = 0, v_diff = 0;
+  size_t k_diff = 0, v_diff = 0, k_first = 0, v_first = 0;
   for (size_t i = 0; i < got_k.size(); ++i) {
-    k_diff += got_k[i] != cache.k[i];
-    v_diff += got_v[i] != cache.v[i];
+    if (got_k[i] != cache.k[i] && k_diff++ == 0) k_first = i;
+    if (got_v[i] != cache.v[i] && v_diff++ == 0) v_first = i;
   }
-  EXPECT_EQ(k_diff, 0u) << "K cache bytes differ from the reference";
-  EXPECT_EQ(v_diff, 0u) << "V cache bytes differ from the reference";
+  EXPECT_EQ(k_diff, 0u) << "K cache bytes differ from the reference; the first at byte " << k_first << ": GPU "
+                        << int{got_k[k_first]} << ", reference " << int{cache.k[k_first]};
+  EXPECT_EQ(v_diff, 0u) << "V cache bytes differ from the reference; the first at byte " << v_first << ": GPU "
+                        << int{got_v[v_first]} << ", reference " << int{cache.v[v_first]};
   if (cache.has_token_scales()) {
     EXPECT_EQ(testing::bytes_of(cache.dk_token.download()), testing::bytes_of(cache.k_token)) << "K token scales";
     EXPECT_EQ(testing::bytes_of(cache.dv_token.download()), testing::bytes_of(cache.v_token)) << "V token scales";
@@ -133,6 +135,67 @@ TEST(CacheWrite, BitExactWithReferenceForEveryFormat) {
           for (bool rope : {false, true}) {
             for (int block_size : {16, 32}) run_write_case({storage, g, d, input, rope, block_size});
           }
+        }
+      }
+    }
+  }
+}
+
+// Infinite and NaN inputs are stored as the reference defines them (scales.h): with static scales
+// an infinity saturates to +-max and a NaN input (of either sign) becomes +NaN; with per-token scales an
+// infinity makes the row's scale infinite, its finite values zero and itself inf / inf = +NaN, the
+// same bytes on both sides (x86 alone would give that NaN a negative sign).
+TEST(CacheWrite, NonFiniteInputsMatchTheReference) {
+  FP8KV_REQUIRE_GPU();
+  constexpr int kHeads = 2, kD = 64, kTokens = 5;
+  for (DType storage : {DType::kFp8E4M3, DType::kFp8E5M2}) {
+    for (ScaleGranularity g : {ScaleGranularity::kPerTensor, ScaleGranularity::kPerToken}) {
+      for (DType input : {DType::kFloat16, DType::kBFloat16}) {
+        SCOPED_TRACE(std::string(dtype_name(storage)) + "/" + testing::short_name(g) + "/" + dtype_name(input));
+        const PagedLayout layout = paged_layout(storage, kHeads, 16, kD);
+        const std::vector<float> key = testing::random_normal(static_cast<size_t>(kTokens) * kHeads * kD, testing::test_seed());
+        const std::vector<float> value = testing::random_normal(key.size(), testing::test_seed());
+        std::vector<uint8_t> kb = input == DType::kFloat16 ? to_bytes<Fp16>(key) : to_bytes<Bf16>(key);
+        std::vector<uint8_t> vb = input == DType::kFloat16 ? to_bytes<Fp16>(value) : to_bytes<Bf16>(value);
+        const bool fp16 = input == DType::kFloat16;
+        const uint16_t inf = fp16 ? 0x7C00 : 0x7F80, nan = fp16 ? 0x7E00 : 0x7FC0, sign = 0x8000;
+        auto put = [](std::vector<uint8_t>& bytes, int token, int head, int channel, uint16_t bits) {
+          const size_t i = (static_cast<size_t>(token) * kHeads + head) * kD + channel;
+          bytes[2 * i] = static_cast<uint8_t>(bits & 0xff);
+          bytes[2 * i + 1] = static_cast<uint8_t>(bits >> 8);
+        };
+        put(kb, 0, 0, 3, inf);
+        put(kb, 1, 1, 7, inf | sign);
+        put(kb, 2, 0, 0, nan);
+        put(vb, 2, 1, 63, nan | sign);
+        put(vb, 3, 0, 5, inf);
+        put(vb, 3, 0, 6, nan | sign);
+        const std::vector<int64_t> slots = {0, 17, 5, 30, 9};
+
+        TwinCache cache(layout, 2, storage, g);
+        cache.calibrate(key, value);
+        cache.fill(0x5A);
+        CacheWriteArgs host;
+        host.key = TensorRef(kb.data(), input, {kTokens, kHeads, kD});
+        host.value = TensorRef(vb.data(), input, {kTokens, kHeads, kD});
+        host.slot_mapping = TensorRef(const_cast<int64_t*>(slots.data()), DType::kInt64, {kTokens});
+        host.cache = cache.host_layer();
+        reference::write_kv_cache(host);
+
+        DeviceBuffer<uint8_t> dk(kb), dv(vb);
+        DeviceBuffer<int64_t> ds(slots);
+        CacheWriteArgs dev;
+        dev.key = TensorRef(dk.get(), input, {kTokens, kHeads, kD}, Device::kCuda);
+        dev.value = TensorRef(dv.get(), input, {kTokens, kHeads, kD}, Device::kCuda);
+        dev.slot_mapping = TensorRef(ds.get(), DType::kInt64, {kTokens}, Device::kCuda);
+        dev.cache = cache.device_layer();
+        cuda::write_kv_cache(dev);
+        cuda::check_errors();
+        EXPECT_EQ(cache.dk.download(), cache.k);
+        EXPECT_EQ(cache.dv.download(), cache.v);
+        if (cache.has_token_scales()) {
+          EXPECT_EQ(testing::bytes_of(cache.dk_token.download()), testing::bytes_of(cache.k_token));
+          EXPECT_EQ(testing::bytes_of(cache.dv_token.download()), testing::bytes_of(cache.v_token));
         }
       }
     }
