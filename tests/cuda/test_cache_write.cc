@@ -40,6 +40,56 @@ std::vector<uint8_t> to_bytes(const std::vector<float>& x) {
   return testing::bytes_of(testing::convert_from_float<T>(x));
 }
 
+// A host tensor's bytes copied to the device, and the same view of them there (an undefined
+// tensor stays undefined).
+struct DeviceTensor {
+  explicit DeviceTensor(const TensorRef& host) : ref(host) {
+    if (!host.defined()) return;
+    const auto* bytes = static_cast<const uint8_t*>(host.data);
+    buffer = DeviceBuffer<uint8_t>(std::vector<uint8_t>(bytes, bytes + host.nbytes()));
+    ref.data = buffer.get();
+    ref.device = Device::kCuda;
+  }
+  DeviceBuffer<uint8_t> buffer;
+  TensorRef ref;
+};
+
+// Writes `host`'s tokens into the cache twice, with reference::write_kv_cache into its host pools
+// and with cuda::write_kv_cache (the same inputs copied to the device) into its device pools, and
+// expects the cache bytes and per-token scales to be identical.
+void expect_write_matches_reference(TwinCache& cache, CacheWriteArgs host) {
+  host.cache = cache.host_layer();
+  reference::write_kv_cache(host);
+
+  const DeviceTensor key(host.key), value(host.value), slots(host.slot_mapping), positions(host.positions),
+      cos_sin(host.rope.cos_sin);
+  CacheWriteArgs dev;
+  dev.key = key.ref;
+  dev.value = value.ref;
+  dev.slot_mapping = slots.ref;
+  dev.positions = positions.ref;
+  dev.rope.cos_sin = cos_sin.ref;
+  dev.cache = cache.device_layer();
+  cuda::write_kv_cache(dev);
+  cuda::check_errors();
+
+  const std::vector<uint8_t> got_k = cache.dk.download();
+  const std::vector<uint8_t> got_v = cache.dv.download();
+  size_t k_diff = 0, v_diff = 0, k_first = 0, v_first = 0;
+  for (size_t i = 0; i < got_k.size(); ++i) {
+    if (got_k[i] != cache.k[i] && k_diff++ == 0) k_first = i;
+    if (got_v[i] != cache.v[i] && v_diff++ == 0) v_first = i;
+  }
+  EXPECT_EQ(k_diff, 0u) << "K cache bytes differ from the reference; the first at byte " << k_first << ": GPU "
+                        << int{got_k[k_first]} << ", reference " << int{cache.k[k_first]};
+  EXPECT_EQ(v_diff, 0u) << "V cache bytes differ from the reference; the first at byte " << v_first << ": GPU "
+                        << int{got_v[v_first]} << ", reference " << int{cache.v[v_first]};
+  if (cache.has_token_scales()) {
+    EXPECT_EQ(testing::bytes_of(cache.dk_token.download()), testing::bytes_of(cache.k_token)) << "K token scales";
+    EXPECT_EQ(testing::bytes_of(cache.dv_token.download()), testing::bytes_of(cache.v_token)) << "V token scales";
+  }
+}
+
 void run_write_case(const WriteCase& c) {
   SCOPED_TRACE(name_of(c));
   constexpr int kHeads = 3;
@@ -82,44 +132,11 @@ void run_write_case(const WriteCase& c) {
   host.key = TensorRef(const_cast<uint8_t*>(key_bytes.data()), c.input, {kTokens, kHeads, c.head_dim});
   host.value = TensorRef(const_cast<uint8_t*>(value_bytes.data()), c.input, {kTokens, kHeads, c.head_dim});
   host.slot_mapping = TensorRef(slots.data(), DType::kInt64, {kTokens});
-  host.cache = cache.host_layer();
   if (c.rope) {
     host.positions = TensorRef(positions.data(), DType::kInt32, {kTokens});
     host.rope.cos_sin = TensorRef(const_cast<float*>(table.data()), DType::kFloat32, {4096, c.head_dim});
   }
-  reference::write_kv_cache(host);
-
-  DeviceBuffer<uint8_t> d_key(key_bytes), d_value(value_bytes);
-  DeviceBuffer<int64_t> d_slots(slots);
-  DeviceBuffer<int32_t> d_positions(positions);
-  DeviceBuffer<float> d_table(table);
-  CacheWriteArgs dev;
-  dev.key = TensorRef(d_key.get(), c.input, {kTokens, kHeads, c.head_dim}, Device::kCuda);
-  dev.value = TensorRef(d_value.get(), c.input, {kTokens, kHeads, c.head_dim}, Device::kCuda);
-  dev.slot_mapping = TensorRef(d_slots.get(), DType::kInt64, {kTokens}, Device::kCuda);
-  dev.cache = cache.device_layer();
-  if (c.rope) {
-    dev.positions = TensorRef(d_positions.get(), DType::kInt32, {kTokens}, Device::kCuda);
-    dev.rope.cos_sin = TensorRef(d_table.get(), DType::kFloat32, {4096, c.head_dim}, Device::kCuda);
-  }
-  cuda::write_kv_cache(dev);
-  cuda::check_errors();
-
-  const std::vector<uint8_t> got_k = cache.dk.download();
-  const std::vector<uint8_t> got_v = cache.dv.download();
-  size_t k_diff = 0, v_diff = 0, k_first = 0, v_first = 0;
-  for (size_t i = 0; i < got_k.size(); ++i) {
-    if (got_k[i] != cache.k[i] && k_diff++ == 0) k_first = i;
-    if (got_v[i] != cache.v[i] && v_diff++ == 0) v_first = i;
-  }
-  EXPECT_EQ(k_diff, 0u) << "K cache bytes differ from the reference; the first at byte " << k_first << ": GPU "
-                        << int{got_k[k_first]} << ", reference " << int{cache.k[k_first]};
-  EXPECT_EQ(v_diff, 0u) << "V cache bytes differ from the reference; the first at byte " << v_first << ": GPU "
-                        << int{got_v[v_first]} << ", reference " << int{cache.v[v_first]};
-  if (cache.has_token_scales()) {
-    EXPECT_EQ(testing::bytes_of(cache.dk_token.download()), testing::bytes_of(cache.k_token)) << "K token scales";
-    EXPECT_EQ(testing::bytes_of(cache.dv_token.download()), testing::bytes_of(cache.v_token)) << "V token scales";
-  }
+  expect_write_matches_reference(cache, host);
 }
 
 TEST(CacheWrite, BitExactWithReferenceForEveryFormat) {
@@ -179,24 +196,7 @@ TEST(CacheWrite, NonFiniteInputsMatchTheReference) {
         host.key = TensorRef(kb.data(), input, {kTokens, kHeads, kD});
         host.value = TensorRef(vb.data(), input, {kTokens, kHeads, kD});
         host.slot_mapping = TensorRef(const_cast<int64_t*>(slots.data()), DType::kInt64, {kTokens});
-        host.cache = cache.host_layer();
-        reference::write_kv_cache(host);
-
-        DeviceBuffer<uint8_t> dk(kb), dv(vb);
-        DeviceBuffer<int64_t> ds(slots);
-        CacheWriteArgs dev;
-        dev.key = TensorRef(dk.get(), input, {kTokens, kHeads, kD}, Device::kCuda);
-        dev.value = TensorRef(dv.get(), input, {kTokens, kHeads, kD}, Device::kCuda);
-        dev.slot_mapping = TensorRef(ds.get(), DType::kInt64, {kTokens}, Device::kCuda);
-        dev.cache = cache.device_layer();
-        cuda::write_kv_cache(dev);
-        cuda::check_errors();
-        EXPECT_EQ(cache.dk.download(), cache.k);
-        EXPECT_EQ(cache.dv.download(), cache.v);
-        if (cache.has_token_scales()) {
-          EXPECT_EQ(testing::bytes_of(cache.dk_token.download()), testing::bytes_of(cache.k_token));
-          EXPECT_EQ(testing::bytes_of(cache.dv_token.download()), testing::bytes_of(cache.v_token));
-        }
+        expect_write_matches_reference(cache, host);
       }
     }
   }
@@ -225,25 +225,7 @@ TEST(CacheWrite, PartialRotaryDimIsBitExact) {
   host.slot_mapping = TensorRef(slots.data(), DType::kInt64, {kTokens});
   host.positions = TensorRef(positions.data(), DType::kInt32, {kTokens});
   host.rope.cos_sin = TensorRef(const_cast<float*>(table.data()), DType::kFloat32, {kMaxPos, kRotary});
-  host.cache = cache.host_layer();
-  reference::write_kv_cache(host);
-
-  DeviceBuffer<uint8_t> dk(kb), dv(vb);
-  DeviceBuffer<int64_t> ds(slots);
-  DeviceBuffer<int32_t> dp(positions);
-  DeviceBuffer<float> dt(table);
-  CacheWriteArgs dev = host;
-  dev.key = TensorRef(dk.get(), DType::kBFloat16, {kTokens, kHeads, kD}, Device::kCuda);
-  dev.value = TensorRef(dv.get(), DType::kBFloat16, {kTokens, kHeads, kD}, Device::kCuda);
-  dev.slot_mapping = TensorRef(ds.get(), DType::kInt64, {kTokens}, Device::kCuda);
-  dev.positions = TensorRef(dp.get(), DType::kInt32, {kTokens}, Device::kCuda);
-  dev.rope.cos_sin = TensorRef(dt.get(), DType::kFloat32, {kMaxPos, kRotary}, Device::kCuda);
-  dev.cache = cache.device_layer();
-  cuda::write_kv_cache(dev);
-  cuda::check_errors();
-  EXPECT_EQ(cache.dk.download(), cache.k);
-  EXPECT_EQ(cache.dv.download(), cache.v);
-  EXPECT_EQ(testing::bytes_of(cache.dk_token.download()), testing::bytes_of(cache.k_token));
+  expect_write_matches_reference(cache, host);
 }
 
 TEST(CacheWrite, OutOfRangeSlotIsReportedAndNotWritten) {
