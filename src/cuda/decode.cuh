@@ -6,27 +6,30 @@
 // heads that share one KV head, so each K/V byte is read from memory once for all of them and
 // reused from registers (GQA).
 //
-// Inside a warp, q.K runs on the tensor cores (mma m16n8k16, FP32 accumulation): the query heads
-// are the rows of the A tile, 8 tokens the columns of B, and each lane loads its share of those
-// tokens' K rows with 16-byte vectors that are widened to fp16 (FP8 -> fp16 is exact) straight into
-// B fragments. Which channels a lane holds only has to agree between Q and K, so both use the
-// channel order the 16-byte loads give. P.V runs on the tensor cores too for FP8 storage (O^T =
-// V^T P^T, the probabilities already sitting in B-fragment order); 16-bit storage does it on the
-// CUDA cores in a row layout. K/V vectors, per-token scales and the block ids of a later iteration
-// stream through a per-warp ring of shared-memory stages filled by cp.async, several iterations
-// ahead of the compute. Every lane
-// keeps the online-softmax state of its head (m, l) and its part of the output; states are merged
-// across lanes (shuffles) and warps (shared memory) once at the end.
+// Inside a warp, q.K runs on the tensor cores (mma m16n8k16, FP32 accumulation). Each lane loads
+// its share of 8-token steps' K rows with 16-byte vectors that are widened to fp16 (FP8 -> fp16 is
+// exact) straight into mma fragments; which channels a lane holds only has to agree between Q and
+// K, so both use the channel order the 16-byte loads give.
+//   FP8 storage: scores come out transposed, S^T = K Q^T, 16 tokens (two steps) the rows of A and
+//   the query heads the columns of B; P.V runs on the tensor cores too (O^T = V^T P^T), P^T's
+//   fragments made from S^T's by one movmatrix transpose per 8 x 8 block. Every row of each mma
+//   carries work: against query heads as the rows of the q.K tile (8 of 16 rows zero) this halves
+//   the q.K mmas and frees the 16 registers the zero rows held, which brought the head-dim-128
+//   kernels from 128-142 registers to 121-124 (4 blocks per SM: H100 batch 128 x 4k 384.5 -> 374.4
+//   us, 1 x 64k 58.1 -> 57.6).
+//   16-bit storage: the query heads are the rows of A and 8 tokens the columns of B; P.V runs on the
+//   CUDA cores in a row layout.
+// K/V vectors, per-token scales and the block ids of a later iteration stream through a per-warp
+// ring of shared-memory stages filled by cp.async, several iterations ahead of the compute. Lanes
+// keep the online-softmax state of their heads (m, l) and their part of the output; states are
+// merged across lanes (shuffles) and warps (shared memory) once at the end.
 //
 // Scales: per_tensor / per_head K scales fold into the per-head score scale (softmax_scale *
 // log2(e) * k_scale, so scores come out in log2 units for exp2), V scales multiply the output once.
 // per_token scales multiply each score (K) and each probability (V) as the token is consumed. The
 // kernels are compiled for one or the other (kPerToken). With the per-token code in the static
 // kernels as a runtime branch, FP8 per-tensor took 2-4% longer on the H100 wherever a block
-// streams many keys (llama 128 x 64k 5974 against 5820 us, 1 x 16k 19.1 against 18.3); without
-// it ptxas gives the head-dim-128 kernels of 4-query-head groups 139 registers instead of 128, so
-// an SM holds 3 of their blocks instead of 4, and multi-wave batches of short contexts lose ~1%
-// (128 x 4k 380 against 384 us). A 128-register cap spills and loses more than it gains.
+// streams many keys (llama 128 x 64k 5974 against 5820 us, 1 x 16k 19.1 against 18.3).
 //
 // Splits: the blocks sharing a sequence (splits, or balanced segments) write an FP32 partial output
 // normalised by its own softmax sum plus its log2-sum-exp; the last of them to finish (an atomic
@@ -144,8 +147,8 @@ __device__ __forceinline__ void store_activation(void* base, int64_t index, floa
 
 // ---- tensor-core helpers ----------------------------------------------------------------------
 
-// D += A * B for one m16n8k16 tile, FP32 accumulation. A rows are query heads (rows 8..15 are zero
-// here: a1 = a3 = 0), B columns are 8 tokens, k is 16 head-dim channels.
+// D += A * B for one m16n8k16 tile, FP32 accumulation (16-bit storage's q.K). A rows are query
+// heads (rows 8..15 are zero here: a1 = a3 = 0), B columns are 8 tokens, k is 16 head-dim channels.
 template <bool kBf16>
 __device__ __forceinline__ void mma_m16n8k16(float (&d)[4], uint32_t a0, uint32_t a2, uint32_t b0, uint32_t b1) {
   if constexpr (kBf16) {
@@ -161,7 +164,8 @@ __device__ __forceinline__ void mma_m16n8k16(float (&d)[4], uint32_t a0, uint32_
   }
 }
 
-// D += A * B for one m16n8k16 tile with all four A registers (P.V: rows are channels).
+// D += A * B for one m16n8k16 f16 tile with all four A registers (FP8 storage's q.K, rows are
+// tokens, and P.V, rows are channels).
 __device__ __forceinline__ void mma_m16n8k16_f16(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
                                                  uint32_t b0, uint32_t b1) {
   asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
@@ -170,19 +174,42 @@ __device__ __forceinline__ void mma_m16n8k16_f16(float (&d)[4], uint32_t a0, uin
                : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
 }
 
-// The two B registers (k = 2c..2c+1 and 2c+8..2c+9 of one k-step) from the 32-bit words of a
-// loaded K vector: word `w` of 16-bit storage is one register as is; an FP8 word (4 codes) is
-// widened exactly to two f16x2 registers.
-template <typename Storage>
-__device__ __forceinline__ void k_fragment(const uint4& vec, int step, uint32_t& b0, uint32_t& b1) {
-  const uint32_t w[4] = {vec.x, vec.y, vec.z, vec.w};
-  if constexpr (StorageTraits<Storage>::kIsFp8) {
-    b0 = fp8x2_to_half2_bits<Storage>(static_cast<uint16_t>(w[step] & 0xffffu));
-    b1 = fp8x2_to_half2_bits<Storage>(static_cast<uint16_t>(w[step] >> 16));
-  } else {
-    b0 = w[2 * step];
-    b1 = w[2 * step + 1];
+// Word `w` (0-3) of a 16-byte vector.
+__device__ __forceinline__ uint32_t vector_word(const uint4& vec, int w) {
+  return w == 0 ? vec.x : w == 1 ? vec.y : w == 2 ? vec.z : vec.w;
+}
+
+// The transpose of an 8 x 8 matrix of 16-bit values held one row per lane quad (lane 4i + j: row i,
+// columns 2j and 2j + 1), returned in the same layout (movmatrix, sm_75+).
+__device__ __forceinline__ uint32_t transpose_8x8_b16(uint32_t x) {
+  uint32_t y;
+  asm volatile("movmatrix.sync.aligned.m8n8.trans.b16 %0, %1;" : "=r"(y) : "r"(x));
+  return y;
+}
+
+// One online-softmax step for one head whose kN new scores (log2 units, -inf where masked) this
+// lane holds in x, the head's other scores sitting in the lanes that differ from this one in the
+// lane-index bits kFirstXor .. kLastXor. Raises the running max m, turns x into probabilities
+// relative to it, adds them to this lane's share l of the sum and returns the factor that rescales
+// what was accumulated before.
+template <int kN, int kFirstXor, int kLastXor>
+__device__ __forceinline__ float online_softmax_step(float* x, float& m, float& l) {
+  float m_new = m;
+#pragma unroll
+  for (int i = 0; i < kN; ++i) m_new = fmaxf(m_new, x[i]);
+#pragma unroll
+  for (int bit = kFirstXor; bit <= kLastXor; bit *= 2) m_new = fmaxf(m_new, __shfl_xor_sync(0xffffffffu, m_new, bit));
+  // All keys so far masked: keep exp2 arguments finite (-inf - -inf would be NaN).
+  const float m_ref = m_new == -INFINITY ? 0.0f : m_new;
+  const float correction = exp2f(m - m_ref);
+  l *= correction;
+#pragma unroll
+  for (int i = 0; i < kN; ++i) {
+    x[i] = exp2f(x[i] - m_ref);
+    l += x[i];
   }
+  m = m_new;
+  return correction;
 }
 
 // Bytes of K/V stages kept in flight per thread block (all warps): 3 CTAs of the main kernel fit one
@@ -211,19 +238,17 @@ struct DecodeTile {
   static constexpr int kWarpTile = 8 * kSteps;
   // Block ids a warp tile needs: a tile of at most 16 tokens starts at a multiple of its size (see
   // the kernel), so it lies in one page (block sizes are >= 16); longer tiles take one per step.
-  // One page offset per tile also took the FP8 head_dim 128 kernels of groups 1-4 to 128 registers
-  // (from 134-141), so an SM held 4 of their blocks instead of 3 (the plan's multi-wave case uses
-  // them: batch 128 x 4k 1.7% faster on the H100); the static-scale kernels of groups 4 and 8 are
-  // back at 137-139 since the per-token code left them (see the head of this file).
+  // One page offset per tile also saves registers (the FP8 head_dim 128 kernels went from 134-141
+  // to 128 when their q.K still had zero rows).
   static constexpr int kTileIds = kWarpTile <= 16 ? 1 : kSteps;
   static constexpr int kBlockTile = kWarpTile * kDecodeWarps;
   // One stage of a warp's ring: its K vectors as [vector][lane]; then V, either as [vector][lane]
   // (CUDA-core P.V) or as token rows padded by 16 bytes (tensor-core P.V reads 4-byte words of 4
   // tokens per lane: the padding spreads the 4 tokens of a load over distinct banks); then the
-  // per-token scales, a float4 {K(t), K(t + 1), V(t), V(t + 1)} per token pair t = 8u + 2c (quad
-  // lane c's pair of step u: one 16-byte load per step), which all 32 lanes fill, kScalesPerLane
-  // consecutive tokens of K (lanes 0-15) or V (lanes 16-31) each; then the block ids of the
-  // iteration kStages - 1 later ([kSteps] int32 in 16 bytes).
+  // per-token scales, a float4 {K(t), K(t + 8), V(t), V(t + 8)} per token t = 16 u2 + r (the two
+  // tokens of lane row r in the 16-token score tile u2: one 16-byte load per tile), which all 32
+  // lanes fill, kScalesPerLane tokens of K (lanes 0-15) or V (lanes 16-31) each; then the block
+  // ids of the iteration kStages - 1 later ([kSteps] int32 in 16 bytes).
   static constexpr int kKStageVectors = kSteps * kKVectors;
   static constexpr int kVPitch = kHeadDim * static_cast<int>(sizeof(Storage)) + 16;
   static constexpr int kVRegionBytes = kPvMma ? kSteps * 8 * kVPitch : kSteps * kVLoads * 32 * 16;
@@ -395,8 +420,19 @@ __device__ __forceinline__ void decode_segment(const DecodeParams& p, const Deco
   }
   const bool q_split = kBf16Mma && p.q_fp16;
 
-  float m = -INFINITY;  // running max of this lane's head (identical across its quad)
-  float l = 0.0f;       // this lane's share of the softmax sum (summed over the quad at the end)
+  // Online-softmax state of this lane's heads: FP8 storage (transposed scores, see the loop) heads
+  // 2c and 2c + 1, identical across the 8 lanes of column c; 16-bit storage head r, identical
+  // across its quad. l is this lane's share of the sum (summed over those lanes at the end).
+  constexpr int kLaneHeads = Tile::kPvMma ? 2 : 1;
+  float m[kLaneHeads];
+  float l[kLaneHeads];
+  float head_scale[kLaneHeads];  // row_scale of those heads
+#pragma unroll
+  for (int h = 0; h < kLaneHeads; ++h) {
+    m[h] = -INFINITY;
+    l[h] = 0.0f;
+    head_scale[h] = Tile::kPvMma ? __shfl_sync(0xffffffffu, row_scale, 8 * quad_col + 4 * h) : row_scale;
+  }
   // The output accumulator. Tensor-core P.V: kHeadDim / 16 tiles of O^T (16 channels x 8 heads);
   // tile 2 * g4 + h holds, in its C fragment, channels 32 * g4 + 4r + 2h (rows r) and that + 1
   // (rows r + 8) for heads 2c and 2c + 1. CUDA-core P.V: kE channels of this lane's V row per head.
@@ -444,7 +480,7 @@ __device__ __forceinline__ void decode_segment(const DecodeParams& p, const Deco
       (lane < 16 ? p.scales.k_token : p.scales.v_token) + (kTileIds == 1 ? scale_token : scale_token % 8);
   [[maybe_unused]] const int scale_dst =
       Tile::kScaleOffset +
-      4 * (16 * (scale_token / 8) + 4 * (scale_token % 8 / 2) + 2 * (lane / 16) + scale_token % 2);
+      4 * (4 * (8 * (scale_token / 16) + scale_token % 8) + 2 * (lane / 16) + scale_token % 16 / 8);
 
   // Out-of-range block ids are flagged and replaced by block 0 with the copies zero-filled, never
   // dereferenced.
@@ -511,9 +547,12 @@ __device__ __forceinline__ void decode_segment(const DecodeParams& p, const Deco
           }
         }
       }
-      const int valid_tokens = ok ? max(0, min(Tile::kScalesPerLane, t_end - (tile + scale_token))) : 0;
-      cp_async_scales<4 * Tile::kScalesPerLane>(stage_bytes + scale_dst, scale_src + row,
-                                                4 * valid_tokens);
+      // A lane's second token (32-token tiles) is token t + 1 of the same row tile: the next float4.
+#pragma unroll
+      for (int e = 0; e < Tile::kScalesPerLane; ++e) {
+        cp_async_scales<4>(stage_bytes + scale_dst + 16 * e, scale_src + row + e,
+                           ok && tile + scale_token + e < t_end ? 4 : 0);
+      }
     }
     // The block ids of iteration it + kStages - 1 (read when this stage is consumed).
     if (lane < kTileIds) {
@@ -552,108 +591,97 @@ __device__ __forceinline__ void decode_segment(const DecodeParams& p, const Deco
     const float4* stage_scales =
         reinterpret_cast<const float4*>(reinterpret_cast<const uint8_t*>(stage) + Tile::kScaleOffset);
     uint4 k_vec[kSteps][kKVectors];
-    uint4 v_vec[kSteps][kVLoads];
-    [[maybe_unused]] float2 k_tok[kSteps];
-    [[maybe_unused]] float2 v_tok[kSteps];
+    [[maybe_unused]] uint4 v_vec[kSteps][kVLoads];
 #pragma unroll
     for (int u = 0; u < kSteps; ++u) {
 #pragma unroll
       for (int i = 0; i < kKVectors; ++i) k_vec[u][i] = stage[(u * kKVectors + i) * 32 + lane];
+      if constexpr (!Tile::kPvMma) {
 #pragma unroll
-      for (int i = 0; i < kVLoads; ++i) {
-        if constexpr (!Tile::kPvMma) v_vec[u][i] = stage[(Tile::kKStageVectors + u * kVLoads + i) * 32 + lane];
-      }
-      if constexpr (kPerToken) {
-        const float4 kv_scales = stage_scales[4 * u + quad_col];
-        k_tok[u] = make_float2(kv_scales.x, kv_scales.y);
-        v_tok[u] = make_float2(kv_scales.z, kv_scales.w);
+        for (int i = 0; i < kVLoads; ++i) v_vec[u][i] = stage[(Tile::kKStageVectors + u * kVLoads + i) * 32 + lane];
       }
     }
-
-    // Scores (log2 units): lane (r, c) gets head r's scores of tokens 2c, 2c+1 of each step.
-    float s[kSteps][2];
-#pragma unroll
-    for (int u = 0; u < kSteps; ++u) {
-      float d[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-#pragma unroll
-      for (int i = 0; i < kKVectors; ++i) {
-#pragma unroll
-        for (int jj = 0; jj < kStepsPerVector; ++jj) {
-          const int ks = i * kStepsPerVector + jj;
-          uint32_t b0, b1;
-          k_fragment<Storage>(k_vec[u][i], jj, b0, b1);
-          mma_m16n8k16<kBf16Mma>(d, qa[ks][0], qa[ks][1], b0, b1);
-          if (q_split) mma_m16n8k16<kBf16Mma>(d, qa_lo[ks][0], qa_lo[ks][1], b0, b1);
-        }
-      }
-      const int token = tile + 8 * u + 2 * quad_col;
-      float score0 = d[0] * row_scale;
-      float score1 = d[1] * row_scale;
-      if constexpr (kPerToken) {
-        score0 *= k_tok[u].x;
-        score1 *= k_tok[u].y;
-      }
-      s[u][0] = token < t_end ? score0 : -INFINITY;
-      s[u][1] = token + 1 < t_end ? score1 : -INFINITY;
-    }
-
-    // Online softmax per head over the quad, the accumulator rescaled once per iteration.
-    float m_new = m;
-#pragma unroll
-    for (int u = 0; u < kSteps; ++u) m_new = fmaxf(m_new, fmaxf(s[u][0], s[u][1]));
-    m_new = fmaxf(m_new, __shfl_xor_sync(0xffffffffu, m_new, 1));
-    m_new = fmaxf(m_new, __shfl_xor_sync(0xffffffffu, m_new, 2));
-    // All keys so far masked: keep exp2 arguments finite (-inf - -inf would be NaN).
-    const float m_ref = m_new == -INFINITY ? 0.0f : m_new;
-    const float correction = exp2f(m - m_ref);
-    l *= correction;
-#pragma unroll
-    for (int u = 0; u < kSteps; ++u) {
-      const float p0 = exp2f(s[u][0] - m_ref);
-      const float p1 = exp2f(s[u][1] - m_ref);
-      l += p0 + p1;
-      s[u][0] = p0;  // per-token V scales weigh it in the P.V below
-      s[u][1] = p1;
-    }
-    m = m_new;
 
     if constexpr (Tile::kPvMma) {
-      // P.V on the tensor cores: O^T (channels x heads) += V^T (channels x 16 tokens) . P^T.
-      // B = P^T (k = token, n = head): lane (r, c) already holds head r's probabilities of tokens
-      // 2c, 2c+1 of both steps of a pair, exactly its B fragment. A = V^T: lane (r, c) reads
-      // channels 32*g4 + 4r .. +3 of tokens 2c, 2c+1, 2c+8, 2c+9 (4-byte words) from the stage's
-      // token rows and byte-permutes them into (channel: token pair) codes, widened exactly to fp16.
-      // P is rounded to fp16 (probabilities in [0, 1]); the products accumulate in FP32.
-      if (__any_sync(0xffffffffu, correction != 1.0f)) {
-        const float c_even = __shfl_sync(0xffffffffu, correction, 8 * quad_col);
-        const float c_odd = __shfl_sync(0xffffffffu, correction, 8 * quad_col + 4);
-#pragma unroll
-        for (int a = 0; a < kAccRows; ++a) {
-          acc[a][0] *= c_even;
-          acc[a][1] *= c_odd;
-          acc[a][2] *= c_even;
-          acc[a][3] *= c_odd;
-        }
-      }
+      // FP8 storage: 16 tokens (a pair of steps) per score tile.
+      // Scores (log2 units), transposed: S^T (16 tokens x 8 heads) = K . Q^T. A = K: row r is
+      // token r of step 2 u2 and row r + 8 token r of step 2 u2 + 1, the vectors lane (r, c) loaded,
+      // in the channel order q was loaded in; B = Q^T is qa as it is. Every row of the tile is a
+      // token, so one mma per 16 tokens and k-step, with no zero rows in the operands. Lane (r, c)
+      // gets tokens 16 u2 + r (e = 0, 1) and 16 u2 + 8 + r (e = 2, 3) of heads 2c (e even) and
+      // 2c + 1 (e odd); st[h] lists head h's as (u2, e / 2).
+      float st[2][kSteps];
+      [[maybe_unused]] float2 v_tok[kSteps / 2];  // V scales of tokens 16 u2 + r and 16 u2 + 8 + r
 #pragma unroll
       for (int u2 = 0; u2 < kSteps / 2; ++u2) {
-        float p00 = s[2 * u2][0], p01 = s[2 * u2][1], p10 = s[2 * u2 + 1][0], p11 = s[2 * u2 + 1][1];
+        float d[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll
+        for (int i = 0; i < kKVectors; ++i) {
+#pragma unroll
+          for (int jj = 0; jj < kStepsPerVector; ++jj) {
+            uint32_t a0, a1, a2, a3;
+            fp8x4_to_half2x2_bits<Storage>(vector_word(k_vec[2 * u2][i], jj), a0, a2);
+            fp8x4_to_half2x2_bits<Storage>(vector_word(k_vec[2 * u2 + 1][i], jj), a1, a3);
+            const int ks = i * kStepsPerVector + jj;
+            mma_m16n8k16_f16(d, a0, a1, a2, a3, qa[ks][0], qa[ks][1]);
+          }
+        }
+        [[maybe_unused]] float2 k_tok = make_float2(1.0f, 1.0f);
+        if constexpr (kPerToken) {
+          const float4 kv_scales = stage_scales[8 * u2 + quad_row];
+          k_tok = make_float2(kv_scales.x, kv_scales.y);
+          v_tok[u2] = make_float2(kv_scales.z, kv_scales.w);
+        }
+        const int token = tile + 16 * u2 + quad_row;
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          float score = d[e] * head_scale[e & 1];
+          if constexpr (kPerToken) score *= e < 2 ? k_tok.x : k_tok.y;
+          st[e & 1][2 * u2 + e / 2] = token + 8 * (e / 2) < t_end ? score : -INFINITY;
+        }
+      }
+
+      // Online softmax per head over the 8 lanes of a column (xor 4, 8, 16); a lane's accumulator
+      // columns are its own two heads, so the rescale needs no exchange. It is skipped once the
+      // running maxima have settled and iterations rarely raise them.
+      float correction[2];
+#pragma unroll
+      for (int h = 0; h < 2; ++h) correction[h] = online_softmax_step<kSteps, 4, 16>(st[h], m[h], l[h]);
+      if (__any_sync(0xffffffffu, correction[0] != 1.0f || correction[1] != 1.0f)) {
+#pragma unroll
+        for (int a = 0; a < kAccRows; ++a) {
+          acc[a][0] *= correction[0];
+          acc[a][1] *= correction[1];
+          acc[a][2] *= correction[0];
+          acc[a][3] *= correction[1];
+        }
+      }
+
+      // P.V on the tensor cores: O^T (channels x heads) += V^T (channels x 16 tokens) . P^T.
+      // B = P^T (k = token, n = head) is the transpose of what the lane holds: each 8 x 8 block
+      // [token][head] of fp16 pairs goes through transpose_8x8_b16, after which lane (r, c) holds
+      // head r's probabilities of tokens 2c, 2c+1 (b0) and 2c+8, 2c+9 (b1). A = V^T: lane (r, c)
+      // reads channels 32*g4 + 4r .. +3 of tokens 2c, 2c+1, 2c+8, 2c+9 (4-byte words) from the
+      // stage's token rows and byte-permutes them into (channel: token pair) codes, widened exactly
+      // to fp16. P is rounded to fp16 (probabilities in [0, 1]); the products accumulate in FP32.
+#pragma unroll
+      for (int u2 = 0; u2 < kSteps / 2; ++u2) {
+        float p00 = st[0][2 * u2], p01 = st[1][2 * u2], p10 = st[0][2 * u2 + 1], p11 = st[1][2 * u2 + 1];
         if constexpr (kPerToken) {
           // Per-token V scales enter P before its fp16 rounding, relative to v_ref, a running
           // reference of the warp's V scales; the accumulator is kept in units of v_ref. v_ref
           // moves (and the accumulator is rescaled) only when a token's scale exceeds
           // kVRefHeadroom * v_ref, so P * v / v_ref stays within [0, kVRefHeadroom], far inside
           // fp16's range at the same relative precision. The test is a vote on each lane's own
-          // scales; only a move pays for the quad's shuffles, which after the first pair is rare
-          // (it was two dependent shuffles per pair, on the P.V chain).
-          const float2 va = v_tok[2 * u2];
-          const float2 vb = v_tok[2 * u2 + 1];
-          const float lane_max = fmaxf(fmaxf(va.x, va.y), fmaxf(vb.x, vb.y));
+          // scales; only a move pays for the shuffles, which after the first tile is rare.
+          const float2 vt = v_tok[u2];
+          const float lane_max = fmaxf(vt.x, vt.y);
           if (__any_sync(0xffffffffu, lane_max > v_ref * kVRefHeadroom)) {
-            // The pair's 16 tokens are spread over the quad; every quad holds the same tokens, so
-            // the quad's maximum is the warp's and v_ref stays warp-uniform.
-            float vmax = fmaxf(lane_max, __shfl_xor_sync(0xffffffffu, lane_max, 1));
-            vmax = fmaxf(vmax, __shfl_xor_sync(0xffffffffu, vmax, 2));
+            // The tile's 16 tokens are spread over the 8 lanes of a column; every column holds
+            // the same tokens, so the column's maximum is the warp's and v_ref stays warp-uniform.
+            float vmax = lane_max;
+#pragma unroll
+            for (int bit = 4; bit <= 16; bit *= 2) vmax = fmaxf(vmax, __shfl_xor_sync(0xffffffffu, vmax, bit));
             const float rebase = v_ref / vmax;  // 0 before any scale > 0: the accumulator is still 0
 #pragma unroll
             for (int a = 0; a < kAccRows; ++a) {
@@ -663,13 +691,13 @@ __device__ __forceinline__ void decode_segment(const DecodeParams& p, const Deco
             v_ref = vmax;
             v_ref_inv = 1.0f / vmax;
           }
-          p00 *= va.x * v_ref_inv;
-          p01 *= va.y * v_ref_inv;
-          p10 *= vb.x * v_ref_inv;
-          p11 *= vb.y * v_ref_inv;
+          p00 *= vt.x * v_ref_inv;
+          p01 *= vt.x * v_ref_inv;
+          p10 *= vt.y * v_ref_inv;
+          p11 *= vt.y * v_ref_inv;
         }
-        const uint32_t b0 = float2_to_half2(p00, p01);
-        const uint32_t b1 = float2_to_half2(p10, p11);
+        const uint32_t b0 = transpose_8x8_b16(float2_to_half2(p00, p01));
+        const uint32_t b1 = transpose_8x8_b16(float2_to_half2(p10, p11));
         const uint8_t* rows = v_rows + (16 * u2 + 2 * quad_col) * Tile::kVPitch + 4 * quad_row;
 #pragma unroll
         for (int g4 = 0; g4 < kHeadDim / 32; ++g4) {
@@ -682,41 +710,66 @@ __device__ __forceinline__ void decode_segment(const DecodeParams& p, const Deco
           const uint32_t hi_a = __byte_perm(w0, w1, 0x7362);
           const uint32_t lo_b = __byte_perm(w8, w9, 0x5140);
           const uint32_t hi_b = __byte_perm(w8, w9, 0x7362);
-          mma_m16n8k16_f16(acc[2 * g4], fp8x2_to_half2_bits<Storage>(static_cast<uint16_t>(lo_a & 0xffffu)),
-                           fp8x2_to_half2_bits<Storage>(static_cast<uint16_t>(lo_a >> 16)),
-                           fp8x2_to_half2_bits<Storage>(static_cast<uint16_t>(lo_b & 0xffffu)),
-                           fp8x2_to_half2_bits<Storage>(static_cast<uint16_t>(lo_b >> 16)), b0, b1);
-          mma_m16n8k16_f16(acc[2 * g4 + 1], fp8x2_to_half2_bits<Storage>(static_cast<uint16_t>(hi_a & 0xffffu)),
-                           fp8x2_to_half2_bits<Storage>(static_cast<uint16_t>(hi_a >> 16)),
-                           fp8x2_to_half2_bits<Storage>(static_cast<uint16_t>(hi_b & 0xffffu)),
-                           fp8x2_to_half2_bits<Storage>(static_cast<uint16_t>(hi_b >> 16)), b0, b1);
+          uint32_t a_lo[4], a_hi[4];  // A fragments of the two tiles: channels (0, 1) and (2, 3)
+          fp8x4_to_half2x2_bits<Storage>(lo_a, a_lo[0], a_lo[1]);
+          fp8x4_to_half2x2_bits<Storage>(lo_b, a_lo[2], a_lo[3]);
+          fp8x4_to_half2x2_bits<Storage>(hi_a, a_hi[0], a_hi[1]);
+          fp8x4_to_half2x2_bits<Storage>(hi_b, a_hi[2], a_hi[3]);
+          mma_m16n8k16_f16(acc[2 * g4], a_lo[0], a_lo[1], a_lo[2], a_lo[3], b0, b1);
+          mma_m16n8k16_f16(acc[2 * g4 + 1], a_hi[0], a_hi[1], a_hi[2], a_hi[3], b0, b1);
         }
       }
     } else {
+      // Scores (log2 units): lane (r, c) gets head r's scores of tokens 2c, 2c+1 of each step.
+      float s[kSteps][2];
+#pragma unroll
+      for (int u = 0; u < kSteps; ++u) {
+        float d[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll
+        for (int i = 0; i < kKVectors; ++i) {
+#pragma unroll
+          for (int jj = 0; jj < kStepsPerVector; ++jj) {
+            const int ks = i * kStepsPerVector + jj;
+            // B (k = 2c..2c+1 and 2c+8..2c+9): two words of the K vector as they are.
+            const uint32_t b0 = vector_word(k_vec[u][i], 2 * jj);
+            const uint32_t b1 = vector_word(k_vec[u][i], 2 * jj + 1);
+            mma_m16n8k16<kBf16Mma>(d, qa[ks][0], qa[ks][1], b0, b1);
+            if (q_split) mma_m16n8k16<kBf16Mma>(d, qa_lo[ks][0], qa_lo[ks][1], b0, b1);
+          }
+        }
+        const int token = tile + 8 * u + 2 * quad_col;
+        float score0 = d[0] * head_scale[0];
+        float score1 = d[1] * head_scale[0];
+        s[u][0] = token < t_end ? score0 : -INFINITY;
+        s[u][1] = token + 1 < t_end ? score1 : -INFINITY;
+      }
+
+      // Online softmax per head over the quad.
+      const float correction = online_softmax_step<2 * kSteps, 1, 2>(&s[0][0], m[0], l[0]);
       // P @ V on the CUDA cores in the row layout: the probabilities of this lane's V tokens come
       // from the lanes holding them (head g's token t sits in lane 4g + t/2, element t % 2).
       // Once the running max has settled, iterations rarely raise it: skip the rescale then.
       if (__any_sync(0xffffffffu, correction != 1.0f)) {
-  #pragma unroll
+#pragma unroll
         for (int g = 0; g < kGroup; ++g) {
           const float c = __shfl_sync(0xffffffffu, correction, 4 * g);
-  #pragma unroll
+#pragma unroll
           for (int e = 0; e < kE; ++e) acc[g][e] *= c;
         }
       }
-  #pragma unroll
+#pragma unroll
       for (int u = 0; u < kSteps; ++u) {
-  #pragma unroll
+#pragma unroll
         for (int i = 0; i < kVLoads; ++i) {
           const int t = v_row + kVRows * i;
           float v[kE];
           Traits::unpack(v_vec[u][i], v);
-  #pragma unroll
+#pragma unroll
           for (int g = 0; g < kGroup; ++g) {
             const float x0 = __shfl_sync(0xffffffffu, s[u][0], 4 * g + t / 2);
             const float x1 = __shfl_sync(0xffffffffu, s[u][1], 4 * g + t / 2);
             const float prob = (t & 1) ? x1 : x0;
-  #pragma unroll
+#pragma unroll
             for (int e = 0; e < kE; ++e) acc[g][e] = fmaf(prob, v[e], acc[g][e]);
           }
         }
@@ -724,9 +777,14 @@ __device__ __forceinline__ void decode_segment(const DecodeParams& p, const Deco
     }
   }
 
-  // The softmax sum is spread over each head's quad.
-  l += __shfl_xor_sync(0xffffffffu, l, 1);
-  l += __shfl_xor_sync(0xffffffffu, l, 2);
+  // The softmax sums are spread over the lanes that share a head.
+#pragma unroll
+  for (int h = 0; h < kLaneHeads; ++h) {
+#pragma unroll
+    for (int bit = Tile::kPvMma ? 4 : 1; bit <= (Tile::kPvMma ? 16 : 2); bit *= 2) {
+      l[h] += __shfl_xor_sync(0xffffffffu, l[h], bit);
+    }
+  }
   // Each warp's [kGroup][kHeadDim] output goes to the start of its own ring, once its copies have
   // landed (the groups after its last iteration are empty) and its lanes are done reading stages.
   cp_async_wait<0>();
@@ -765,9 +823,18 @@ __device__ __forceinline__ void decode_segment(const DecodeParams& p, const Deco
       }
     }
   }
-  if (quad_col == 0 && quad_row < kGroup) {
-    smem_m[warp][quad_row] = m;
-    smem_l[warp][quad_row] = l;
+  if constexpr (Tile::kPvMma) {
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int head = 2 * quad_col + h;
+      if (quad_row == 0 && head < kGroup) {
+        smem_m[warp][head] = m[h];
+        smem_l[warp][head] = l[h];
+      }
+    }
+  } else if (quad_col == 0 && quad_row < kGroup) {
+    smem_m[warp][quad_row] = m[0];
+    smem_l[warp][quad_row] = l[0];
   }
   __syncthreads();
 

@@ -84,6 +84,31 @@ __device__ __forceinline__ uint32_t fp8x2_to_half2_bits(uint16_t codes) {
 #endif
 }
 
+// Four codes in one 32-bit word (low byte first) -> two fp16x2 registers, codes 0-1 in `lo` and 2-3
+// in `hi`, exactly. The word is split into 16-bit halves inside the asm, so ptxas reads the high
+// half in place (an operand selector of the convert) instead of shifting it down first: one
+// instruction less per word, 32 of the ~490 in an FP8 decode iteration (head dim 128).
+template <typename Fp8>
+__device__ __forceinline__ void fp8x4_to_half2x2_bits(uint32_t codes, uint32_t& lo, uint32_t& hi) {
+#if defined(FP8KV_HW_FP8_CVT)
+  if constexpr (std::is_same_v<Fp8, Fp8E4M3>) {
+    asm("{\n\t.reg .b16 c0, c1;\n\tmov.b32 {c0, c1}, %2;\n\t"
+        "cvt.rn.f16x2.e4m3x2 %0, c0;\n\tcvt.rn.f16x2.e4m3x2 %1, c1;\n\t}"
+        : "=r"(lo), "=r"(hi)
+        : "r"(codes));
+  } else {
+    static_assert(std::is_same_v<Fp8, Fp8E5M2>, "FP8 storage is Fp8E4M3 or Fp8E5M2");
+    asm("{\n\t.reg .b16 c0, c1;\n\tmov.b32 {c0, c1}, %2;\n\t"
+        "cvt.rn.f16x2.e5m2x2 %0, c0;\n\tcvt.rn.f16x2.e5m2x2 %1, c1;\n\t}"
+        : "=r"(lo), "=r"(hi)
+        : "r"(codes));
+  }
+#else
+  lo = fp8x2_to_half2_bits<Fp8>(static_cast<uint16_t>(codes & 0xffffu));
+  hi = fp8x2_to_half2_bits<Fp8>(static_cast<uint16_t>(codes >> 16));
+#endif
+}
+
 template <typename Fp8>
 __device__ __forceinline__ float2 fp8x2_to_float2(uint16_t codes) {
   const uint32_t h2 = fp8x2_to_half2_bits<Fp8>(codes);
