@@ -353,9 +353,10 @@ __device__ __forceinline__ void decode_segment(const DecodeParams& p, const Deco
   const float k_static = p.scales.k_of_head(kv_head);
   const float v_static = p.scales.v_of_head(kv_head);
 
-  // Q as A fragments: lane (row r, c) holds head q_head0 + r at the physical channels that k-step
-  // ks maps to k = 2c, 2c+1 (qa[ks][0]) and 2c+8, 2c+9 (qa[ks][1]); the same map is used for K, so
-  // the dot product is over the same channel pairs.
+  // Q fragments: lane (r, c) holds head q_head0 + r at the physical channels that k-step ks maps to
+  // k = 2c, 2c+1 (qa[ks][0]) and 2c+8, 2c+9 (qa[ks][1]); the same map is used for K, so the dot
+  // product is over the same channel pairs. These are the rows r of A (query heads as rows, 16-bit
+  // storage) and equally the columns n = r of B (FP8 storage's transposed scores): one layout.
   //   fp16 multiply: q is scaled by a power of two per head (exact) so that its largest value is
   //   2^14, inside fp16's range whatever the bf16 input; the score undoes it in fp32.
   //   bf16 multiply: q is split into hi + lo bf16 parts (exact for fp16 q; lo = 0 for bf16 q).
