@@ -1,5 +1,6 @@
 // The device conversions of src/cuda/fp8_convert.cuh against the host definitions of fp8.h /
-// half.h: the encoder over all 2^32 float bit patterns (both formats), the decoders over every code.
+// half.h: the encoder over all 2^32 float bit patterns (both formats), the decoders over every code
+// (one code, and four codes of a word in every byte position).
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
@@ -32,6 +33,23 @@ template <typename Fp8>
 __global__ void decode_all_kernel(float* out) {
   const int code = static_cast<int>(threadIdx.x);  // 256 threads
   out[code] = cuda_detail::fp8_to_float<Fp8>(static_cast<uint8_t>(code));
+}
+
+// fp8x4_to_half2x2_bits: thread `code` decodes a word whose byte p holds code + 85p (mod 256), so
+// every code passes through every byte position; out[4 * code + p] is byte p's value.
+template <typename Fp8>
+__global__ void decode_words_kernel(float* out) {
+  const uint32_t code = threadIdx.x;  // 256 threads
+  uint32_t word = 0;
+  for (uint32_t p = 0; p < 4; ++p) word |= ((code + 85 * p) & 0xffu) << (8 * p);
+  uint32_t lo = 0, hi = 0;
+  cuda_detail::fp8x4_to_half2x2_bits<Fp8>(word, lo, hi);
+  const float2 a = cuda_detail::half2_to_float2(lo);
+  const float2 b = cuda_detail::half2_to_float2(hi);
+  out[4 * code + 0] = a.x;
+  out[4 * code + 1] = a.y;
+  out[4 * code + 2] = b.x;
+  out[4 * code + 3] = b.y;
 }
 
 // StorageTraits::unpack over every 16-bit pattern (bf16 / fp16), 8 per thread.
@@ -109,6 +127,20 @@ void check_decoder() {
     const float want = Fp8{static_cast<uint8_t>(code)}.to_float();
     EXPECT_TRUE(same_float(got[static_cast<size_t>(code)], want))
         << "code 0x" << std::hex << code << ": device " << got[static_cast<size_t>(code)] << ", host " << want;
+  }
+  DeviceBuffer<float> words(4 * 256);
+  words.poison();
+  decode_words_kernel<Fp8><<<1, 256>>>(words.get());
+  FP8KV_CUDA_CHECK_LAUNCH();
+  const std::vector<float> got_words = words.download();
+  for (int code = 0; code < 256; ++code) {
+    for (int p = 0; p < 4; ++p) {
+      const uint8_t byte = static_cast<uint8_t>((code + 85 * p) & 0xff);
+      const float want = Fp8{byte}.to_float();
+      const float value = got_words[static_cast<size_t>(4 * code + p)];
+      EXPECT_TRUE(same_float(value, want)) << "code 0x" << std::hex << int{byte} << " at byte " << p
+                                           << " of a word: device " << value << ", host " << want;
+    }
   }
 }
 
