@@ -473,12 +473,13 @@ __device__ __forceinline__ void decode_segment(const DecodeParams& p, const Deco
   uint4* ring = decode_ring + static_cast<size_t>(warp) * kStages * (Tile::kStageBytes / 16);
   const int iterations = warp_begin < t_end ? (t_end - warp_begin + kBlockTile - 1) / kBlockTile : 0;
 
-  // Per-token scale copies (see DecodeTile): this lane's first token of the warp tile, its offset
-  // from its step's scale row (from the tile's, where the tile lies in one page) and where its
-  // kScalesPerLane scales go in a stage.
+  // Per-token scale copies (see DecodeTile): this lane's first token of the warp tile, the step
+  // whose scale row its copy starts from (its own 8-token step, or the first where the tile lies
+  // in one page), its offset from that row and where its kScalesPerLane scales go in a stage.
   [[maybe_unused]] const int scale_token = (lane % 16) * Tile::kScalesPerLane;
+  [[maybe_unused]] const int scale_step = kTileIds == 1 ? 0 : scale_token / 8;
   [[maybe_unused]] const float* scale_src =
-      (lane < 16 ? p.scales.k_token : p.scales.v_token) + (kTileIds == 1 ? scale_token : scale_token % 8);
+      (lane < 16 ? p.scales.k_token : p.scales.v_token) + (scale_token - 8 * scale_step);
   [[maybe_unused]] const int scale_dst =
       Tile::kScaleOffset +
       4 * (4 * (8 * (scale_token / 16) + scale_token % 8) + 2 * (lane / 16) + scale_token % 16 / 8);
@@ -490,8 +491,11 @@ __device__ __forceinline__ void decode_segment(const DecodeParams& p, const Deco
     uint4* stage = ring + (it % kStages) * (Tile::kStageBytes / 16);
     uint8_t* stage_bytes = reinterpret_cast<uint8_t*>(stage);
     uint8_t* v_rows = reinterpret_cast<uint8_t*>(stage + Tile::kKStageVectors * 32);
-    [[maybe_unused]] int64_t scale_offset[kSteps];
-    [[maybe_unused]] bool scale_ok[kSteps];
+    // The per-token scale row of this lane's scale_step and whether its page is valid, picked as
+    // the steps go by: a [kSteps] array picked from afterwards became an indexed load from a stack
+    // frame (ptxas, head dim 64).
+    [[maybe_unused]] int64_t scale_row = 0;
+    [[maybe_unused]] bool scale_row_ok = false;
     int64_t offset = 0;  // of the step's first token in the K and V pools (and its scale, per token)
     int64_t token_scale = 0;
     bool page_ok = true;
@@ -530,29 +534,20 @@ __device__ __forceinline__ void decode_segment(const DecodeParams& p, const Deco
                                  : static_cast<void*>(stage + (Tile::kKStageVectors + u * kVLoads + i) * 32 + lane);
         cp_async_16(dst, v_page + t * kHeadDim + v_c0, ok && step + t < t_end);
       }
-      scale_offset[u] = token_scale;
-      scale_ok[u] = ok;
+      if (u == scale_step) {
+        scale_row = token_scale;
+        scale_row_ok = ok;
+      }
     }
     // Per-token scales, one copy per lane. Those of tokens at or past the length are zero-filled:
     // their slots may hold stale bits, and a zero V scale keeps a masked token's zero probability
     // zero.
     if constexpr (kPerToken) {
-      int64_t row = scale_offset[0];
-      bool ok = scale_ok[0];
-      if constexpr (kTileIds > 1) {
-#pragma unroll
-        for (int uu = 1; uu < kSteps; ++uu) {
-          if (scale_token / 8 == uu) {
-            row = scale_offset[uu];
-            ok = scale_ok[uu];
-          }
-        }
-      }
       // A lane's second token (32-token tiles) is token t + 1 of the same row tile: the next float4.
 #pragma unroll
       for (int e = 0; e < Tile::kScalesPerLane; ++e) {
-        cp_async_scales<4>(stage_bytes + scale_dst + 16 * e, scale_src + row + e,
-                           ok && tile + scale_token + e < t_end ? 4 : 0);
+        cp_async_scales<4>(stage_bytes + scale_dst + 16 * e, scale_src + scale_row + e,
+                           scale_row_ok && tile + scale_token + e < t_end ? 4 : 0);
       }
     }
     // The block ids of iteration it + kStages - 1 (read when this stage is consumed).
@@ -891,27 +886,28 @@ __device__ __forceinline__ void decode_segment(const DecodeParams& p, const Deco
   // The block's kGroup rows of a split result are kGroup * kHeadDim contiguous floats: thread
   // (lane j of kMergeLanes, column c) merges float4 column c of the splits j, j + kMergeLanes, ...,
   // loading kMergeBatch splits' lse and values at once (the merge sits on the launch's critical
-  // path: fewer, wider round trips); the lanes of a column are merged through shared memory.
+  // path: fewer, wider round trips); the lanes of a column are merged through shared memory. A
+  // thread with several columns (8 heads at head dim 128, or 4 at 256) finishes one before the
+  // next: with both columns' state and loads unrolled together, ptxas gave the per-token kernel of
+  // 8 heads 148 registers instead of 128 (3 blocks per SM instead of 4).
   constexpr int kColumns = kGroup * kHeadDim / 4;
   constexpr int kMergeLanes = kColumns >= kDecodeThreads ? 1 : kDecodeThreads / kColumns;
   constexpr int kColumnsPerThread = kColumns >= kDecodeThreads ? kColumns / kDecodeThreads : 1;
   constexpr int kMergeBatch = 16;
   static_assert(kColumns % kDecodeThreads == 0 || kDecodeThreads % kColumns == 0, "columns tile the threads");
+  static_assert(kMergeLanes == 1 || kColumnsPerThread == 1, "a column's lanes merge in one pass");
   const int merge_lane = static_cast<int>(threadIdx.x) / (kDecodeThreads / kMergeLanes);
   const int column0 = static_cast<int>(threadIdx.x) % (kDecodeThreads / kMergeLanes);
   const float4* partial_rows = reinterpret_cast<const float4*>(p.partial_o + static_cast<int64_t>(q_head0) * kHeadDim);
   const int64_t split_stride = static_cast<int64_t>(p.num_q_heads) * kHeadDim / 4;  // float4 per work item
-  float4 o[kColumnsPerThread];
-  float weight_sum[kColumnsPerThread];
-  float m_run[kColumnsPerThread];
-#pragma unroll
+#pragma unroll 1
   for (int j = 0; j < kColumnsPerThread; ++j) {
     const int column = column0 + j * kDecodeThreads;
     const int g = column / (kHeadDim / 4);
     const float* lse_column = p.partial_lse + q_head0 + g;
-    o[j] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-    weight_sum[j] = 0.0f;
-    m_run[j] = -INFINITY;
+    float4 o = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    float weight_sum = 0.0f;
+    float m_run = -INFINITY;
     for (int i0 = merge_lane; i0 < seg.parts; i0 += kMergeLanes * kMergeBatch) {
       float lse[kMergeBatch];
       float4 x[kMergeBatch];
@@ -926,67 +922,62 @@ __device__ __forceinline__ void decode_segment(const DecodeParams& p, const Deco
           x[b] = __ldcg(partial_rows + row * split_stride + column);
         }
       }
-      float m_new = m_run[j];
+      float m_new = m_run;
 #pragma unroll
       for (int b = 0; b < kMergeBatch; ++b) m_new = fmaxf(m_new, lse[b]);
       if (m_new == -INFINITY) continue;  // only empty splits so far: nothing to weigh
-      const float correction = exp2f(m_run[j] - m_new);
-      weight_sum[j] *= correction;
-      o[j].x *= correction;
-      o[j].y *= correction;
-      o[j].z *= correction;
-      o[j].w *= correction;
+      const float correction = exp2f(m_run - m_new);
+      weight_sum *= correction;
+      o.x *= correction;
+      o.y *= correction;
+      o.z *= correction;
+      o.w *= correction;
 #pragma unroll
       for (int b = 0; b < kMergeBatch; ++b) {
         const float w = exp2f(lse[b] - m_new);
-        weight_sum[j] += w;
-        o[j].x = fmaf(w, x[b].x, o[j].x);
-        o[j].y = fmaf(w, x[b].y, o[j].y);
-        o[j].z = fmaf(w, x[b].z, o[j].z);
-        o[j].w = fmaf(w, x[b].w, o[j].w);
+        weight_sum += w;
+        o.x = fmaf(w, x[b].x, o.x);
+        o.y = fmaf(w, x[b].y, o.y);
+        o.z = fmaf(w, x[b].z, o.z);
+        o.w = fmaf(w, x[b].w, o.w);
       }
-      m_run[j] = m_new;
+      m_run = m_new;
     }
-  }
-  if constexpr (kMergeLanes > 1) {
-    cp_async_wait<0>();  // the ring holds the lanes' states (no copy may still land there)
-    float4* lane_o = reinterpret_cast<float4*>(decode_ring);          // [kDecodeThreads]
-    float* lane_w = reinterpret_cast<float*>(lane_o + kDecodeThreads);  // [kDecodeThreads]
-    float* lane_m = lane_w + kDecodeThreads;                            // [kDecodeThreads]
-    lane_o[threadIdx.x] = o[0];
-    lane_w[threadIdx.x] = weight_sum[0];
-    lane_m[threadIdx.x] = m_run[0];
-    __syncthreads();
-    if (merge_lane != 0) return;
-    float m_max = m_run[0];
+    if constexpr (kMergeLanes > 1) {
+      cp_async_wait<0>();  // the ring holds the lanes' states (no copy may still land there)
+      float4* lane_o = reinterpret_cast<float4*>(decode_ring);          // [kDecodeThreads]
+      float* lane_w = reinterpret_cast<float*>(lane_o + kDecodeThreads);  // [kDecodeThreads]
+      float* lane_m = lane_w + kDecodeThreads;                            // [kDecodeThreads]
+      lane_o[threadIdx.x] = o;
+      lane_w[threadIdx.x] = weight_sum;
+      lane_m[threadIdx.x] = m_run;
+      __syncthreads();
+      if (merge_lane != 0) return;
+      float m_max = m_run;
 #pragma unroll
-    for (int l = 1; l < kMergeLanes; ++l) m_max = fmaxf(m_max, lane_m[threadIdx.x + l * kColumns]);
-    const float m_ref = m_max == -INFINITY ? 0.0f : m_max;  // all splits empty: every weight is 0
-    const float own = exp2f(m_run[0] - m_ref);
-    o[0] = make_float4(o[0].x * own, o[0].y * own, o[0].z * own, o[0].w * own);
-    weight_sum[0] *= own;
+      for (int l = 1; l < kMergeLanes; ++l) m_max = fmaxf(m_max, lane_m[threadIdx.x + l * kColumns]);
+      const float m_ref = m_max == -INFINITY ? 0.0f : m_max;  // all splits empty: every weight is 0
+      const float own = exp2f(m_run - m_ref);
+      o = make_float4(o.x * own, o.y * own, o.z * own, o.w * own);
+      weight_sum *= own;
 #pragma unroll
-    for (int l = 1; l < kMergeLanes; ++l) {
-      const int from = static_cast<int>(threadIdx.x) + l * kColumns;
-      const float w = exp2f(lane_m[from] - m_ref);
-      o[0].x = fmaf(w, lane_o[from].x, o[0].x);
-      o[0].y = fmaf(w, lane_o[from].y, o[0].y);
-      o[0].z = fmaf(w, lane_o[from].z, o[0].z);
-      o[0].w = fmaf(w, lane_o[from].w, o[0].w);
-      weight_sum[0] = fmaf(w, lane_w[from], weight_sum[0]);
+      for (int l = 1; l < kMergeLanes; ++l) {
+        const int from = static_cast<int>(threadIdx.x) + l * kColumns;
+        const float w = exp2f(lane_m[from] - m_ref);
+        o.x = fmaf(w, lane_o[from].x, o.x);
+        o.y = fmaf(w, lane_o[from].y, o.y);
+        o.z = fmaf(w, lane_o[from].z, o.z);
+        o.w = fmaf(w, lane_o[from].w, o.w);
+        weight_sum = fmaf(w, lane_w[from], weight_sum);
+      }
     }
-  }
-#pragma unroll
-  for (int j = 0; j < kColumnsPerThread; ++j) {
-    const int column = column0 + j * kDecodeThreads;
-    const int g = column / (kHeadDim / 4);
     const int c = (column % (kHeadDim / 4)) * 4;
-    const float inv = weight_sum[j] > 0.0f ? 1.0f / weight_sum[j] : 0.0f;
+    const float inv = weight_sum > 0.0f ? 1.0f / weight_sum : 0.0f;
     const int64_t row = (static_cast<int64_t>(seq) * p.num_q_heads + q_head0 + g) * kHeadDim + c;
-    store_activation(p.out, row, o[j].x * inv, p.out_fp16);
-    store_activation(p.out, row + 1, o[j].y * inv, p.out_fp16);
-    store_activation(p.out, row + 2, o[j].z * inv, p.out_fp16);
-    store_activation(p.out, row + 3, o[j].w * inv, p.out_fp16);
+    store_activation(p.out, row, o.x * inv, p.out_fp16);
+    store_activation(p.out, row + 1, o.y * inv, p.out_fp16);
+    store_activation(p.out, row + 2, o.z * inv, p.out_fp16);
+    store_activation(p.out, row + 3, o.w * inv, p.out_fp16);
   }
 }
 
