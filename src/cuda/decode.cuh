@@ -15,7 +15,7 @@
 //   fragments made from S^T's by one movmatrix transpose per 8 x 8 block. Every row of each mma
 //   carries work: against query heads as the rows of the q.K tile (8 of 16 rows zero) this halves
 //   the q.K mmas and frees the 16 registers the zero rows held, which brought the head-dim-128
-//   kernels from 128-142 registers to 121-124 (4 blocks per SM: H100 batch 128 x 4k 384.5 -> 374.4
+//   kernels from 128-142 registers to 121-126 (4 blocks per SM: H100 batch 128 x 4k 384.5 -> 374.4
 //   us, 1 x 64k 58.1 -> 57.6).
 //   16-bit storage: the query heads are the rows of A and 8 tokens the columns of B; P.V runs on the
 //   CUDA cores in a row layout.
