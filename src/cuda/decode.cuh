@@ -189,16 +189,16 @@ __device__ __forceinline__ uint32_t transpose_8x8_b16(uint32_t x) {
 
 // One online-softmax step for one head whose kN new scores (log2 units, -inf where masked) this
 // lane holds in x, the head's other scores sitting in the lanes that differ from this one in the
-// lane-index bits kFirstXor .. kLastXor. Raises the running max m, turns x into probabilities
+// lane-index bits kFirstBit .. kLastBit. Raises the running max m, turns x into probabilities
 // relative to it, adds them to this lane's share l of the sum and returns the factor that rescales
 // what was accumulated before.
-template <int kN, int kFirstXor, int kLastXor>
+template <int kN, int kFirstBit, int kLastBit>
 __device__ __forceinline__ float online_softmax_step(float* x, float& m, float& l) {
   float m_new = m;
 #pragma unroll
   for (int i = 0; i < kN; ++i) m_new = fmaxf(m_new, x[i]);
 #pragma unroll
-  for (int bit = kFirstXor; bit <= kLastXor; bit *= 2) m_new = fmaxf(m_new, __shfl_xor_sync(0xffffffffu, m_new, bit));
+  for (int bit = kFirstBit; bit <= kLastBit; bit *= 2) m_new = fmaxf(m_new, __shfl_xor_sync(0xffffffffu, m_new, bit));
   // All keys so far masked: keep exp2 arguments finite (-inf - -inf would be NaN).
   const float m_ref = m_new == -INFINITY ? 0.0f : m_new;
   const float correction = exp2f(m - m_ref);
@@ -425,6 +425,10 @@ __device__ __forceinline__ void decode_segment(const DecodeParams& p, const Deco
   // 2c and 2c + 1, identical across the 8 lanes of column c; 16-bit storage head r, identical
   // across its quad. l is this lane's share of the sum (summed over those lanes at the end).
   constexpr int kLaneHeads = Tile::kPvMma ? 2 : 1;
+  // The lanes that share a head (and hold its scores of different tokens) differ from each other in
+  // the lane-index bits kShareFirstBit .. kShareLastBit: a column's 8 lanes, or a quad's 4.
+  constexpr int kShareFirstBit = Tile::kPvMma ? 4 : 1;
+  constexpr int kShareLastBit = Tile::kPvMma ? 16 : 2;
   float m[kLaneHeads];
   float l[kLaneHeads];
   float head_scale[kLaneHeads];  // row_scale of those heads
@@ -642,7 +646,7 @@ __device__ __forceinline__ void decode_segment(const DecodeParams& p, const Deco
       // running maxima have settled and iterations rarely raise them.
       float correction[2];
 #pragma unroll
-      for (int h = 0; h < 2; ++h) correction[h] = online_softmax_step<kSteps, 4, 16>(st[h], m[h], l[h]);
+      for (int h = 0; h < 2; ++h) correction[h] = online_softmax_step<kSteps, kShareFirstBit, kShareLastBit>(st[h], m[h], l[h]);
       if (__any_sync(0xffffffffu, correction[0] != 1.0f || correction[1] != 1.0f)) {
 #pragma unroll
         for (int a = 0; a < kAccRows; ++a) {
@@ -677,7 +681,9 @@ __device__ __forceinline__ void decode_segment(const DecodeParams& p, const Deco
             // the same tokens, so the column's maximum is the warp's and v_ref stays warp-uniform.
             float vmax = lane_max;
 #pragma unroll
-            for (int bit = 4; bit <= 16; bit *= 2) vmax = fmaxf(vmax, __shfl_xor_sync(0xffffffffu, vmax, bit));
+            for (int bit = kShareFirstBit; bit <= kShareLastBit; bit *= 2) {
+              vmax = fmaxf(vmax, __shfl_xor_sync(0xffffffffu, vmax, bit));
+            }
             const float rebase = v_ref / vmax;  // 0 before any scale > 0: the accumulator is still 0
 #pragma unroll
             for (int a = 0; a < kAccRows; ++a) {
@@ -741,7 +747,7 @@ __device__ __forceinline__ void decode_segment(const DecodeParams& p, const Deco
       }
 
       // Online softmax per head over the quad.
-      const float correction = online_softmax_step<2 * kSteps, 1, 2>(&s[0][0], m[0], l[0]);
+      const float correction = online_softmax_step<2 * kSteps, kShareFirstBit, kShareLastBit>(&s[0][0], m[0], l[0]);
       // P @ V on the CUDA cores in the row layout: the probabilities of this lane's V tokens come
       // from the lanes holding them (head g's token t sits in lane 4g + t/2, element t % 2).
       // Once the running max has settled, iterations rarely raise it: skip the rescale then.
@@ -777,7 +783,7 @@ __device__ __forceinline__ void decode_segment(const DecodeParams& p, const Deco
 #pragma unroll
   for (int h = 0; h < kLaneHeads; ++h) {
 #pragma unroll
-    for (int bit = Tile::kPvMma ? 4 : 1; bit <= (Tile::kPvMma ? 16 : 2); bit *= 2) {
+    for (int bit = kShareFirstBit; bit <= kShareLastBit; bit *= 2) {
       l[h] += __shfl_xor_sync(0xffffffffu, l[h], bit);
     }
   }
