@@ -52,9 +52,12 @@ __device__ __forceinline__ void pingpong_arrive_other(int warpgroup) {
 // tile i - 1 and Q.K^T of tile i. Serial schedule (BF16): wait for both, then the softmax of tile
 // i. Overlapped schedule (FP8, Traits::kOverlap): Q.K^T and P.V are committed as two groups and
 // the source waits for P.V only after the softmax; ptxas (CUDA 13.0) nevertheless places that
-// wait at the top of the softmax's basic block (SASS: the two WARPGROUP.DEPBARs are separated only
-// by the mask branch), so in the machine code the softmax starts once P.V has completed. Either
-// way the P.V result is then folded into O and the softmax output becomes the P of the next turn.
+// wait before the softmax: short of registers, it gives the row max's temporaries the P fragments
+// that the P.V in flight still reads. So in the machine code the softmax starts once P.V has
+// completed. Either way the P.V result is then folded into O and the softmax output becomes the P
+// of the next turn. Measured and not kept (H100, 2026-11-25, README "Tenth session"): the softmax
+// under its own P.V (a basic-block boundary before the wait keeps ptxas from hoisting it) was
+// 3-7% slower, and 32 of O's registers in shared memory (which frees the P fragments) 4-5%.
 // Measured alternative (H100, 2026-11-24): waiting for P.V of tile i - 2 at the top of turn i,
 // behind the barrier waits, with P double-buffered, so that the softmax does run under P.V, was
 // 0.5% slower with two-level accumulation (ptxas spills 92 bytes) and 4.4% slower one-level
