@@ -38,6 +38,11 @@ struct PrefillOptions {
   // 5x over 32k). Skipping the per-tile fold there makes short sequences as fast as one-level
   // (Qwen3-8B batch 1 x 512: 14.0 against 15.3 us). 0 = two-level in every CTA. Must be >= 0.
   int one_level_max_keys = 512;
+  // FP8 head dim 128, dense: the mean key count per sequence (total keys / batch) from which the
+  // kernel with 256-key tiles runs instead of the one with 128-key tiles (fewer instructions per
+  // key, but up to 128 more masked keys per query block on the causal diagonal). 0 = always.
+  // Must be >= 0.
+  int64_t wide_tiles_min_keys = 2048;
   // Used by rope_quantize: multiply Q and K by the same random-sign Hadamard matrix
   // (H * diag(signs) / sqrt(head_dim)) before quantising, which spreads outlier channels over all
   // channels. Q.K is unchanged because the matrix is orthogonal; V is not rotated.
@@ -49,6 +54,8 @@ struct PrefillOptions {
   void validate() const {
     FP8KV_REQUIRE(one_level_max_keys >= 0, "one_level_max_keys", "must be >= 0 (0 = two-level in every CTA), got ",
                   one_level_max_keys);
+    FP8KV_REQUIRE(wide_tiles_min_keys >= 0, "wide_tiles_min_keys", "must be >= 0 (0 = always 256-key tiles), got ",
+                  wide_tiles_min_keys);
   }
 };
 

@@ -44,6 +44,7 @@ struct Options {
   bool sequential = false;  // time fp8kv's variants one after another instead of interleaved
   std::vector<std::string> only;  // keep points whose key contains one of these
   std::string peers_script = "bench/prefill_peers.py";
+  int64_t wide_tiles_min_keys = -1;  // -1: PrefillOptions' default
 };
 
 #if defined(FP8KV_WITH_CUDA)
@@ -160,6 +161,9 @@ Timings time_fp8kv(const Point& p, const Options& o) {
   // The default (two-level where a CTA reads more than 512 keys), one-level, and two-level in every
   // CTA (the strict form the 16k targets are also read against).
   cuda::PrefillOptions two_level, one_level, everywhere;
+  for (cuda::PrefillOptions* options : {&two_level, &one_level, &everywhere}) {
+    if (o.wide_tiles_min_keys >= 0) options->wide_tiles_min_keys = o.wide_tiles_min_keys;
+  }
   one_level.two_level_accumulation = false;
   everywhere.one_level_max_keys = 0;
   const std::vector<std::function<void()>> variants = {
@@ -311,6 +315,9 @@ void register_bench_prefill(CLI::App& bench) {
                   "Only the points whose key (shape/batch/seq/causal|full, e.g. qwen3-8b/1/512/) contains this text; "
                   "repeatable");
   cmd->add_option("--peers-script", options->peers_script, "Path of bench/prefill_peers.py");
+  cmd->add_option("--wide-tiles-min-keys", options->wide_tiles_min_keys,
+                  "PrefillOptions::wide_tiles_min_keys for the FP8 runs (-1 = its default)")
+      ->capture_default_str();
   cmd->callback([options] { run_bench(*options); });
 }
 

@@ -38,11 +38,15 @@ KernelChoice choice_of() {
 
 // The one list of kernels this build has; supported(), dispatch and the benchmark all ask here.
 // Returns launch = nullptr for an unsupported combination.
-KernelChoice select_kernel(DType dtype, int head_dim, bool paged) {
+// `wide` (dense FP8 head dim 128): the kernel with 256-key tiles (PrefillOptions::wide_tiles_min_keys).
+KernelChoice select_kernel(DType dtype, int head_dim, bool paged, bool wide = false) {
   using sm90::ElementBf16;
   using sm90::ElementE4M3;
   using sm90::PrefillTraits;
   if (dtype == DType::kFp8E4M3) {
+    if (head_dim == 128 && !paged && wide) {
+      return choice_of<PrefillTraits<ElementE4M3, 128, false, 256>>();
+    }
     if (head_dim == 128) return paged ? choice_of<PrefillTraits<ElementE4M3, 128, true>>()
                                       : choice_of<PrefillTraits<ElementE4M3, 128, false>>();
     if (head_dim == 64) return paged ? choice_of<PrefillTraits<ElementE4M3, 64, true>>()
@@ -55,8 +59,8 @@ KernelChoice select_kernel(DType dtype, int head_dim, bool paged) {
   return KernelChoice{nullptr, 0, 0, 0, CU_TENSOR_MAP_SWIZZLE_NONE};
 }
 
-KernelChoice require_kernel(DType dtype, int head_dim, bool paged) {
-  const KernelChoice c = select_kernel(dtype, head_dim, paged);
+KernelChoice require_kernel(DType dtype, int head_dim, bool paged, bool wide = false) {
+  const KernelChoice c = select_kernel(dtype, head_dim, paged, wide);
   if (c.launch == nullptr) {
     throw Unsupported(std::string(paged ? "paged_prefill" : "prefill") + " with " + dtype_name(dtype) +
                       " inputs and head_dim " + std::to_string(head_dim) +
@@ -172,9 +176,10 @@ void prefill(const PrefillArgs& args, const PrefillOptions& options, void* strea
   check_cuda_tensor(args.q, "q");
   FP8KV_REQUIRE(args.out.dtype == DType::kBFloat16, "out", "cuda::prefill writes bfloat16, got ", dtype_name(args.out.dtype));
   const int head_dim = static_cast<int>(args.q.size(2));
-  const KernelChoice k = require_kernel(args.q.dtype, head_dim, false);
   const int64_t total_q = args.q.size(0), total_k = args.k.size(0);
   const int64_t batch = args.cu_seqlens_q.size(0) - 1;
+  const KernelChoice k =
+      require_kernel(args.q.dtype, head_dim, false, total_k / std::max<int64_t>(1, batch) >= options.wide_tiles_min_keys);
   const int num_q_heads = static_cast<int>(args.q.size(1)), num_kv_heads = static_cast<int>(args.k.size(1));
   if (total_q == 0 || batch == 0) return;
   FP8KV_REQUIRE(total_k < (int64_t{1} << 31) && total_q < (int64_t{1} << 31), "q",

@@ -45,6 +45,52 @@ TEST(CudaPrefill, Bf16LengthsHeadDimsGqaCausal) {
   run_lengths(DType::kBFloat16, DescaleMode::kNone);
 }
 
+// The FP8 head-dim-128 kernel with 256-key tiles, which the default options pick from 2048 keys
+// per sequence (so the 4096 and 16384 cases above use it), here forced on every shape: lengths
+// around one and two tiles, varlen batches with prefixes, GQA, causal and not, and the three
+// accumulation modes.
+TEST(CudaPrefill, Fp8WideTilesEveryShape) {
+  FP8KV_REQUIRE_GPU();
+  const int gqa[] = {1, 2, 4, 8};
+  int index = 0;
+  for (int len : {1, 63, 65, 255, 256, 257, 511, 1000, 3000}) {
+    for (bool causal : {true, false}) {
+      const int ratio = gqa[index++ % 4];
+      const int hk = 2, hq = hk * ratio;
+      SCOPED_TRACE(::testing::Message() << "wide len=" << len << " causal=" << causal << " hq=" << hq);
+      cuda::PrefillOptions options;
+      options.wide_tiles_min_keys = 0;
+      const DenseProblem p = make_dense_problem({len}, {len}, hq, hk, 128, causal, DType::kFp8E4M3,
+                                                DescaleMode::kPerTensor, test_seed());
+      const ErrorReport e = check_dense(p, len > 1024 ? 256 : 0, options);
+      std::printf("[prefill wide] len=%d causal=%d hq=%d hk=%d: rel err %.3e (naive %.3e)\n", len, causal ? 1 : 0, hq,
+                  hk, e.gpu, e.naive);
+      expect_within_bound(e);
+    }
+  }
+  const std::vector<int> lens_q = {1, 63, 200, 1000, 129, 64, 0, 300};
+  const std::vector<int> lens_k = {7, 63, 450, 1017, 129, 1, 5, 300};
+  for (bool causal : {true, false}) {
+    for (bool two_level : {true, false}) {
+      for (int one_level_max_keys : {0, 512}) {
+        if (!two_level && one_level_max_keys == 0) continue;
+        SCOPED_TRACE(::testing::Message() << "wide varlen causal=" << causal << " two_level=" << two_level
+                                          << " one_level_max_keys=" << one_level_max_keys);
+        cuda::PrefillOptions options;
+        options.wide_tiles_min_keys = 0;
+        options.two_level_accumulation = two_level;
+        options.one_level_max_keys = one_level_max_keys;
+        const DenseProblem p = make_dense_problem(lens_q, lens_k, 8, 2, 128, causal, DType::kFp8E4M3,
+                                                  DescaleMode::kPerHead, test_seed());
+        const ErrorReport e = check_dense(p, 0, options);
+        std::printf("[prefill wide varlen] causal=%d two_level=%d one_level_max_keys=%d: rel err %.3e (naive %.3e)\n",
+                    causal ? 1 : 0, two_level ? 1 : 0, one_level_max_keys, e.gpu, e.naive);
+        expect_within_bound(e);
+      }
+    }
+  }
+}
+
 TEST(CudaPrefill, VarlenMixedLengthsAndPrefixes) {
   FP8KV_REQUIRE_GPU();
   const std::vector<int> lens_q = {1, 63, 200, 1000, 129, 64, 0, 300};
@@ -226,6 +272,14 @@ TEST(CudaPrefill, RejectsUnsupportedAndBadArguments) {
     ADD_FAILURE() << "negative one_level_max_keys accepted";
   } catch (const InvalidArgument& e) {
     EXPECT_EQ(e.argument(), "one_level_max_keys");
+  }
+  cuda::PrefillOptions negative_wide;
+  negative_wide.wide_tiles_min_keys = -1;
+  try {
+    cuda::prefill(a, negative_wide);
+    ADD_FAILURE() << "negative wide_tiles_min_keys accepted";
+  } catch (const InvalidArgument& e) {
+    EXPECT_EQ(e.argument(), "wide_tiles_min_keys");
   }
 }
 

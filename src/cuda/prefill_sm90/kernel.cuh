@@ -94,7 +94,8 @@ __device__ void consumer_loop(const PrefillParams& p, const WorkTile& t, const S
   // 8 x 4096 within noise; d 64 level). The same code made FP8 at d 64 5% slower and FP8
   // one-level 0.2-4% slower, so those keep the per-tile rescale (as does the paged FP8 kernel,
   // which has no benchmark).
-  constexpr bool kConditional = !Traits::kFp8 || (kTwoLevel && Traits::kOverlap && Traits::kHeadDim == 128);
+  constexpr bool kConditional =
+      !Traits::kFp8 || Traits::kWide || (kTwoLevel && Traits::kOverlap && Traits::kHeadDim == 128);
   // The overlapped two-level schedule accumulates the P.V products of Traits::kPromoteTiles
   // consecutive tiles in the tensor cores before promoting them into the FP32 O.
   constexpr bool kGrouped = kConditional && kTwoLevel && Traits::kOverlap;
@@ -103,7 +104,7 @@ __device__ void consumer_loop(const PrefillParams& p, const WorkTile& t, const S
   // 2026-11-25, README "Tenth session", 3 interleaved rounds): one-level 3.5-4.4% faster at 16k
   // and 1-2.5% at 4096, the default (two-level) within +-1.4%. Not measured in the other kernels,
   // which keep one loop.
-  constexpr bool kMaskFreeTurns = Traits::kFp8 && Traits::kOverlap && Traits::kHeadDim == 128;
+  constexpr bool kMaskFreeTurns = Traits::kFp8 && (Traits::kOverlap || Traits::kWide) && Traits::kHeadDim == 128;
   OnlineSoftmax<G::kSRegs, kConditional> softmax;
   softmax.init();
   // pa (P of the previous tile) lives across turns; S and the per-tile O are declared where they
@@ -208,23 +209,27 @@ __device__ void consumer_loop(const PrefillParams& p, const WorkTile& t, const S
   // that product, computed from zero by the tensor cores, in FP32. Without per-token V scales the
   // tile's factor is 1: one FFMA per element instead of two instructions (the consumers are close
   // to issue-bound, so this shows in the timings).
-  auto fold_tile = [&](const float (&o_tile)[G::kORegs]) {
+  // `o_tile`: the product in registers [kAt, kAt + kORegs) of an accumulator array.
+  auto fold_tile = [&](auto at_tag, const auto& o_tile) {
+    constexpr int kAt = decltype(at_tag)::value;
     if (token_scales) {
 #pragma unroll
       for (int j = 0; j < G::kORegs / 4; ++j) {
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
-          o[4 * j + e] = fmaf(o[4 * j + e], alpha_acc[e >> 1], o_tile[4 * j + e] * tile_v_scale_prev[e >> 1]);
+          o[4 * j + e] =
+              fmaf(o[4 * j + e], alpha_acc[e >> 1], o_tile[kAt + 4 * j + e] * tile_v_scale_prev[e >> 1]);
         }
       }
     } else {
 #pragma unroll
       for (int j = 0; j < G::kORegs / 4; ++j) {
 #pragma unroll
-        for (int e = 0; e < 4; ++e) o[4 * j + e] = fmaf(o[4 * j + e], alpha_acc[e >> 1], o_tile[4 * j + e]);
+        for (int e = 0; e < 4; ++e) o[4 * j + e] = fmaf(o[4 * j + e], alpha_acc[e >> 1], o_tile[kAt + 4 * j + e]);
       }
     }
   };
+  using AtZero = std::integral_constant<int, 0>;
   // After the softmax of tile `iter`, once the P.V product of tile iter - 1 has landed. One-level
   // rescales O (conditional: if a row of the warp moved its max). Two-level: a partial product
   // that ends its group (ungrouped: every tile's) has just been folded: O is at tile iter - 1's max
@@ -304,7 +309,7 @@ __device__ void consumer_loop(const PrefillParams& p, const WorkTile& t, const S
         if constexpr (kTwoLevel) {
           fence_registers(partial);
           // The last turn always folds; otherwise tile iter - 1 ends its group when iter starts one.
-          if (!kGrouped || !kHasQK || (iter & group_mask) == 0) fold_tile(partial);
+          if (!kGrouped || !kHasQK || (iter & group_mask) == 0) fold_tile(AtZero{}, partial);
         }
         Barrier::arrive(v_empty);
       }
@@ -322,7 +327,7 @@ __device__ void consumer_loop(const PrefillParams& p, const WorkTile& t, const S
         cute::warpgroup_wait<0>();
         fence_registers(o_tile);
         Barrier::arrive(v_empty);
-        fold_tile(o_tile);
+        fold_tile(AtZero{}, o_tile);
       }
       fence_registers(o);
       fence_registers(pa);
@@ -350,8 +355,68 @@ __device__ void consumer_loop(const PrefillParams& p, const WorkTile& t, const S
     G::make_p_fragments(s, pa);
   };
 
+  // Wide tiles (256 keys), serial: P.V of the previous tile completes (and, two-level, is folded
+  // into O) before Q.K^T of this one is issued. Two-level, the tile's P.V product is accumulated in
+  // the first 64 of S's 128 registers (S is not live yet): as an array of its own, ptxas (CUDA
+  // 13.0) placed it beside S and spilled O (624 bytes); in S's last 64 it serialised every wgmma
+  // of the kernel. This way a turn needs S + O = 192 registers (ptxas keeps P in S's registers
+  // 64-95 between turns).
+  constexpr int kProductAt = 0;
+  auto wide_turn = [&](auto has_pv_tag, auto has_qk_tag, auto may_mask_tag, int iter, const Stage& st,
+                       const Stage& prev) {
+    if constexpr (Traits::kWide) {
+      constexpr bool kHasPV = decltype(has_pv_tag)::value;
+      constexpr bool kHasQK = decltype(has_qk_tag)::value;
+      if constexpr (kHasQK) Barrier::wait(sm.k_full(st.index), st.phase);
+      if constexpr (kHasPV) Barrier::wait(sm.vt_full(prev.index), prev.phase);
+      float s[G::kSRegs];
+      pingpong_sync(warpgroup);
+      if constexpr (kHasPV) {
+        if constexpr (kTwoLevel) fence_registers(s);
+        fence_registers(pa);
+        fence_registers(o);
+        cute::warpgroup_arrive();
+        if constexpr (kTwoLevel) {
+          G::template issue_pv_at<kProductAt>(s, pa, desc_v0, prev.index, false);
+        } else {
+          G::template issue_pv_at<0>(o, pa, desc_v0, prev.index, true);
+        }
+        cute::warpgroup_commit_batch();
+        cute::warpgroup_wait<0>();
+        fence_registers(o);
+        Barrier::arrive(sm.vt_empty(prev.index));
+        if constexpr (kTwoLevel) {
+          fence_registers(s);
+          fold_tile(std::integral_constant<int, kProductAt>{}, s);
+        }
+      }
+      if constexpr (!kHasQK) {
+        pingpong_arrive_other(warpgroup);
+        return;
+      }
+      fence_registers(s);
+      cute::warpgroup_arrive();
+      G::issue_qk(s, desc_q, desc_k0, st.index);
+      cute::warpgroup_commit_batch();
+      pingpong_arrive_other(warpgroup);
+      cute::warpgroup_wait<0>();
+      fence_registers(s);
+      float alpha[2], tile_v_scale[2];
+      const bool moved = scores_to_p(may_mask_tag, s, iter, st, alpha, tile_v_scale);
+      G::make_p_fragments(s, pa);
+      after_softmax(iter, alpha, tile_v_scale, moved);
+    }
+  };
+  auto any_turn = [&](auto... args) {
+    if constexpr (Traits::kWide) {
+      wide_turn(args...);
+    } else {
+      turn(args...);
+    }
+  };
+
   Stage st = stage_of<Traits>(kv_done);
-  turn(std::false_type{}, std::true_type{}, std::true_type{}, 0, st, st);
+  any_turn(std::false_type{}, std::true_type{}, std::true_type{}, 0, st, st);
   int iter = 1;
   if constexpr (kMaskFreeTurns) {
     // Tiles before first_masked end at or before every row's visible_end (the row bound of the
@@ -361,15 +426,15 @@ __device__ void consumer_loop(const PrefillParams& p, const WorkTile& t, const S
     for (; iter < first_masked; ++iter) {
       const Stage prev = st;
       st = next_stage<Traits>(st);
-      turn(std::true_type{}, std::true_type{}, std::false_type{}, iter, st, prev);
+      any_turn(std::true_type{}, std::true_type{}, std::false_type{}, iter, st, prev);
     }
   }
   for (; iter < n_tiles; ++iter) {
     const Stage prev = st;
     st = next_stage<Traits>(st);
-    turn(std::true_type{}, std::true_type{}, std::true_type{}, iter, st, prev);
+    any_turn(std::true_type{}, std::true_type{}, std::true_type{}, iter, st, prev);
   }
-  turn(std::true_type{}, std::false_type{}, std::true_type{}, n_tiles, st, st);
+  any_turn(std::true_type{}, std::false_type{}, std::true_type{}, n_tiles, st, st);
 
   float factor[2];
   softmax.finalize(factor);

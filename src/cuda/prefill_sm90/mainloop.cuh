@@ -210,7 +210,9 @@ __device__ void load_kv_tile(const PrefillParams& p, const WorkTile& t, const CU
 template <class Traits>
 struct VTransposer {
   static constexpr int kChannelGroups = Traits::kHeadDim / 32;
-  static_assert(Traits::kBlockN / 16 == 8, "8 key groups: warp w takes key groups w and w + 4");
+  // Key groups of 16 per 64 keys: warp w takes key groups w, w + 4, ... (one per 64 keys).
+  static constexpr int kKeyQuarters = Traits::kBlockN / 64;
+  static_assert(Traits::kBlockN % 128 == 0, "V^T key blocks of 128");
   uint32_t src[kChannelGroups];  // V: this lane's ldmatrix row, key group `warp`, per channel group
   uint32_t dst[2];               // V^T: its stmatrix row, key group `warp` / `warp + 4`, channel group 0
   uint32_t sel_first, sel_second;
@@ -242,9 +244,10 @@ struct VTransposer {
 #pragma unroll
     for (int cg = 0; cg < kChannelGroups; ++cg) {
 #pragma unroll
-      for (int h = 0; h < 2; ++h) {
+      for (int h = 0; h < kKeyQuarters; ++h) {
+        // Keys 64h..: +64 rows of V; in V^T, key block h / 2 (a plain offset, like the channels').
         const uint32_t src_addr = v_base + src[cg] + h * 64 * Traits::kSwizzleBytes;
-        const uint32_t dst_addr = vt_base + dst[h] + cg * 32 * 128;
+        const uint32_t dst_addr = vt_base + dst[h % 2] + (h / 2) * Traits::kVtKeyBlockBytes + cg * 32 * 128;
         uint32_t r0, r1, r2, r3;
         asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
                      : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
@@ -356,7 +359,9 @@ __device__ void producer(const PrefillParams& p, const SmemView<Traits>& sm) {
 template <class Traits>
 struct Gemms {
   using QKAtom = std::conditional_t<
-      Traits::kFp8, cute::SM90::GMMA::MMA_64x128x32_F32E4M3E4M3_SS_TN<>,
+      Traits::kFp8,
+      std::conditional_t<Traits::kWide, cute::SM90::GMMA::MMA_64x256x32_F32E4M3E4M3_SS_TN<>,
+                         cute::SM90::GMMA::MMA_64x128x32_F32E4M3E4M3_SS_TN<>>,
       cute::SM90::GMMA::MMA_64x128x16_F32BF16BF16_SS<cute::SM90::GMMA::Major::K, cute::SM90::GMMA::Major::K>>;
   using PVAtom = std::conditional_t<
       Traits::kFp8,
@@ -407,9 +412,25 @@ struct Gemms {
     const uint64_t desc_v = desc_advance(desc_v0, stage * kVStageBytes);
 #pragma unroll
     for (int kk = 0; kk < kPVSteps; ++kk) {
-      const uint32_t offset = Traits::kFp8 ? kk * 32 : kk * Traits::kKStep * 128;
+      // FP8: 32 keys per k-step, 4 per 128-key block of V^T.
+      const uint32_t offset =
+          Traits::kFp8 ? (kk / 4) * Traits::kVtKeyBlockBytes + (kk % 4) * 32 : kk * Traits::kKStep * 128;
       gmma<PVAtom>(o, accumulate || kk > 0, pa[4 * kk], pa[4 * kk + 1], pa[4 * kk + 2], pa[4 * kk + 3],
                    desc_advance(desc_v, offset));
+    }
+  }
+
+  // O (+)= P V with the product in registers [kAt, kAt + kORegs) of `acc` (wide tiles: O itself,
+  // or the last 64 of S's registers).
+  template <int kAt, int N>
+  static __device__ void issue_pv_at(float (&acc)[N], const uint32_t (&pa)[kPRegs], uint64_t desc_v0, int stage,
+                                     bool accumulate) {
+    const uint64_t desc_v = desc_advance(desc_v0, stage * kVStageBytes);
+#pragma unroll
+    for (int kk = 0; kk < kPVSteps; ++kk) {
+      const uint32_t offset = (kk / 4) * Traits::kVtKeyBlockBytes + (kk % 4) * 32;
+      gmma_at<PVAtom, kAt, kORegs>(acc, accumulate || kk > 0, pa[4 * kk], pa[4 * kk + 1], pa[4 * kk + 2],
+                                   pa[4 * kk + 3], desc_advance(desc_v, offset));
     }
   }
 

@@ -66,6 +66,19 @@ __device__ __forceinline__ void gmma(float (&d)[N], bool accumulate, const Front
                   std::make_index_sequence<N>{}, front...);
 }
 
+// The same with the accumulator in registers [kAt, kAt + kCount) of a larger array.
+template <class Atom, int kAt, int kCount, int N, class... Front, size_t... I>
+__device__ __forceinline__ void gmma_at_call(float (&d)[N], cute::SM90::GMMA::ScaleOut scale_d,
+                                             std::index_sequence<I...>, const Front&... front) {
+  static_assert(kAt + kCount <= N, "accumulator inside the array");
+  Atom::fma(front..., d[kAt + I]..., scale_d);
+}
+template <class Atom, int kAt, int kCount, int N, class... Front>
+__device__ __forceinline__ void gmma_at(float (&d)[N], bool accumulate, const Front&... front) {
+  gmma_at_call<Atom, kAt, kCount>(d, accumulate ? cute::SM90::GMMA::ScaleOut::One : cute::SM90::GMMA::ScaleOut::Zero,
+                                  std::make_index_sequence<kCount>{}, front...);
+}
+
 // Keeps the compiler from moving register reads/writes across wgmma issue/wait points.
 template <int N>
 __device__ __forceinline__ void fence_registers(float (&d)[N]) {

@@ -30,14 +30,18 @@ struct ElementBf16 {
 // Shared memory at d = 128: FP8 2 x 16 KiB of Q + 3 stages x 48 KiB (K, V, V^T) = 176 KiB; BF16
 // 2 x 32 KiB of Q + 2 stages x 64 KiB = 192 KiB. Q has two buffers because the CTAs are
 // persistent (tile_scheduler.cuh): the next work tile's Q loads while the current one runs.
-template <class Element_, int kHeadDim_, bool kPaged_>
+template <class Element_, int kHeadDim_, bool kPaged_, int kBlockN_ = 128>
 struct PrefillTraits {
   using Element = Element_;
   static constexpr bool kFp8 = Element::kFp8;
   static constexpr bool kPaged = kPaged_;
   static constexpr int kHeadDim = kHeadDim_;
   static constexpr int kBlockM = 128;
-  static constexpr int kBlockN = 128;
+  static constexpr int kBlockN = kBlockN_;
+  // Wide tiles (256 keys, FP8 head dim 128 dense only): S then needs 128 registers, so S, the
+  // per-tile O and P are never live at once (the serial schedule, kernel.cuh).
+  static constexpr bool kWide = kBlockN > 128;
+  static_assert(!kWide || (Element::kFp8 && kHeadDim_ == 128 && !kPaged_ && kBlockN == 256), "wide: FP8 d128 dense");
   // Pipeline depth and schedule, from bench prefill on the H100 (seq 4096-16384). A third
   // K/V/V^T stage saves FP8 2-15%; BF16 has no room for it (160 KiB with two). Ping-pong (the two
   // consumer warpgroups take turns on the tensor cores, see kernel.cuh): BF16 450-600 TFLOP/s
@@ -47,9 +51,9 @@ struct PrefillTraits {
   // a tile and P.V of the previous one issued together, see kernel.cuh) gained 3-12% with
   // two-level accumulation (16k: 608-655 against 575-619 TFLOP/s). The paged kernel keeps the
   // serial schedule: with per-token scales its overlapped loop spills 92 bytes.
-  static constexpr int kStages = kFp8 ? 3 : 2;
+  static constexpr int kStages = kFp8 && !kWide ? 3 : 2;
   static constexpr bool kPingPong = true;
-  static constexpr bool kOverlap = kFp8 && !kPaged;
+  static constexpr bool kOverlap = kFp8 && !kPaged && !kWide;
   // Two-level accumulation promotes the tensor cores' partial P.V product into the FP32 O once
   // every kPromoteTiles K/V tiles (512 keys: one-level is already accepted for chains of
   // PrefillOptions::one_level_max_keys = 512), where kernel.cuh groups tiles (the overlapped FP8
@@ -87,8 +91,10 @@ struct PrefillTraits {
   static constexpr int kKBytes = kBlockN * kRowBytes;
   static constexpr int kVBytes = kBlockN * kRowBytes;
   // FP8: V^T tile, [kHeadDim rows][kBlockN keys], K-major for the P.V product, 128B swizzle.
+  // Wide tiles hold V^T as key blocks of 128 (one 128-byte swizzle block per row each).
   static constexpr int kVtBytes = kFp8 ? kHeadDim * kBlockN : 0;
-  static_assert(!kFp8 || kBlockN == 128, "a V^T row is one 128-byte swizzle block");
+  static constexpr int kVtKeyBlockBytes = kHeadDim * 128;
+  static_assert(!kFp8 || kBlockN % 128 == 0, "V^T rows are whole 128-byte swizzle blocks");
   static constexpr int kScaleBytes = kPaged ? kBlockN * 4 : 0;  // per-token scales of one tile
 
   // Shared memory carve-up; every tile starts on a 1024-byte boundary (the 128B swizzle atom).
