@@ -38,11 +38,10 @@ struct PrefillOptions {
   // 5x over 32k). Skipping the per-tile fold there makes short sequences as fast as one-level
   // (Qwen3-8B batch 1 x 512: 14.0 against 15.3 us). 0 = two-level in every CTA. Must be >= 0.
   int one_level_max_keys = 512;
-  // FP8 head dim 128, dense: the mean key count per sequence (total keys / batch) from which the
-  // kernel with 256-key tiles runs instead of the one with 128-key tiles (fewer instructions per
-  // key, but up to 128 more masked keys per query block on the causal diagonal). 0 = always.
-  // Must be >= 0.
-  int64_t wide_tiles_min_keys = 2048;
+  // Keys per K/V tile: 0 = chosen per launch (prefill_key_tile), 128, or 256. 256-key tiles exist
+  // for dense FP8 E4M3 prefill at head dim 128 only: fewer instructions per key, but up to 128 more
+  // masked keys per query block on the causal diagonal and coarser work tiles.
+  int key_tile = 0;
   // Used by rope_quantize: multiply Q and K by the same random-sign Hadamard matrix
   // (H * diag(signs) / sqrt(head_dim)) before quantising, which spreads outlier channels over all
   // channels. Q.K is unchanged because the matrix is orthogonal; V is not rotated.
@@ -54,13 +53,20 @@ struct PrefillOptions {
   void validate() const {
     FP8KV_REQUIRE(one_level_max_keys >= 0, "one_level_max_keys", "must be >= 0 (0 = two-level in every CTA), got ",
                   one_level_max_keys);
-    FP8KV_REQUIRE(wide_tiles_min_keys >= 0, "wide_tiles_min_keys", "must be >= 0 (0 = always 256-key tiles), got ",
-                  wide_tiles_min_keys);
+    FP8KV_REQUIRE(key_tile == 0 || key_tile == 128 || key_tile == 256, "key_tile",
+                  "must be 0 (chosen per launch), 128 or 256, got ", key_tile);
   }
 };
 
 // True if this build has a prefill kernel for the input dtype and head dim (dense or paged).
 bool prefill_supported(DType dtype, int head_dim, bool paged);
+
+// The keys per K/V tile that cuda::prefill(args, options) uses: options.key_tile if set, else 256
+// for FP8 E4M3 at head dim 128 with at least 2048 keys per sequence (total_k / batch) and at
+// least 2048 work tiles (128-row query blocks x query heads), else 128. The thresholds are
+// measured (H100, README "Prefill attention"): below them 128-key tiles were as fast or faster.
+// Throws InvalidArgument (naming "key_tile") for 256 where no such kernel exists.
+int prefill_key_tile(const PrefillArgs& args, const PrefillOptions& options = {});
 
 // Dense variable-length attention. All tensors on the same CUDA device; `stream` is a cudaStream_t.
 void prefill(const PrefillArgs& args, const PrefillOptions& options = {}, void* stream = nullptr);

@@ -394,6 +394,7 @@ def prefill(
     fp8_dtype: Optional[str] = None,
     two_level_accumulation: bool = True,
     one_level_max_keys: Optional[int] = None,
+    key_tile: int = 0,
     stream: Any = None,
 ) -> Any:
     """Dense variable-length attention (fresh prompts): ``q [total_q, num_q_heads, head_dim]``,
@@ -402,13 +403,14 @@ def prefill(
     ``[num_kv_heads]`` float32; x ~= stored * descale). Causal masking is bottom-right aligned.
     Returns ``out [total_q, num_q_heads, head_dim]`` (bf16 after FP8 inputs in torch).
     ``two_level_accumulation`` and ``one_level_max_keys`` (>= 0; 0 = two-level in every thread
-    block; None = the library's default, 512) are the CUDA FP8 kernel's ``PrefillOptions``; the CPU
-    reference accumulates exactly."""
+    block; None = the library's default, 512) are the CUDA FP8 kernel's ``PrefillOptions``, as is
+    ``key_tile`` (keys per K/V tile: 0 = chosen per launch, 128, or 256 for FP8 at head dim 128);
+    the CPU reference accumulates exactly."""
     (q, k, v), fmt = _fp8_input((q, k, v), fp8_dtype, ("q", "k", "v"))
     if out is None:
         out = _empty(q, tuple(q.shape), _out_dtype(q, fmt is not None))
     _ext.prefill(q, k, v, cu_seqlens_q, cu_seqlens_k, out, _softmax_scale(q.shape[-1], softmax_scale), causal,
-                 q_descale, k_descale, v_descale, fmt, two_level_accumulation, one_level_max_keys,
+                 q_descale, k_descale, v_descale, fmt, two_level_accumulation, one_level_max_keys, key_tile,
                  _stream(q, stream))
     return out
 

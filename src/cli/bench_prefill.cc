@@ -44,7 +44,7 @@ struct Options {
   bool sequential = false;  // time fp8kv's variants one after another instead of interleaved
   std::vector<std::string> only;  // keep points whose key contains one of these
   std::string peers_script = "bench/prefill_peers.py";
-  int64_t wide_tiles_min_keys = -1;  // -1: PrefillOptions' default
+  int key_tile = 0;  // PrefillOptions::key_tile of the FP8 runs
 };
 
 #if defined(FP8KV_WITH_CUDA)
@@ -112,10 +112,13 @@ std::vector<Point> bench_points(const Options& o) {
 
 struct Timings {
   double fp8_us = 0, fp8_one_level_us = 0, fp8_two_level_everywhere_us = 0, bf16_us = 0;
+  int fp8_key_tile = 128;    // keys per K/V tile of the kernel the FP8 options pick
+  double fp8_narrow_us = 0;  // wide default only: the default options with 128-key tiles
 };
 
 // Median µs of fp8kv's kernels on one point: batch equal-length sequences, packed. The four
-// variants (FP8 default, one-level, two-level everywhere, BF16) are timed interleaved, so that they
+// variants (FP8 default, one-level, two-level everywhere, BF16), and where the FP8 options pick the
+// 256-key-tile kernel a fifth (the default with 128-key tiles), are timed interleaved, so that they
 // see the same clocks and temperature.
 Timings time_fp8kv(const Point& p, const Options& o) {
   const int64_t total = static_cast<int64_t>(p.batch) * p.seq;
@@ -162,13 +165,17 @@ Timings time_fp8kv(const Point& p, const Options& o) {
   // CTA (the strict form the 16k targets are also read against).
   cuda::PrefillOptions two_level, one_level, everywhere;
   for (cuda::PrefillOptions* options : {&two_level, &one_level, &everywhere}) {
-    if (o.wide_tiles_min_keys >= 0) options->wide_tiles_min_keys = o.wide_tiles_min_keys;
+    options->key_tile = o.key_tile;
   }
   one_level.two_level_accumulation = false;
   everywhere.one_level_max_keys = 0;
-  const std::vector<std::function<void()>> variants = {
+  cuda::PrefillOptions narrow = two_level;
+  narrow.key_tile = 128;
+  const bool wide = cuda::prefill_key_tile(a8, two_level) == 256;
+  std::vector<std::function<void()>> variants = {
       [&] { cuda::prefill(a8, two_level); }, [&] { cuda::prefill(a8, one_level); },
       [&] { cuda::prefill(a8, everywhere); }, [&] { cuda::prefill(a16); }};
+  if (wide) variants.push_back([&] { cuda::prefill(a8, narrow); });
   std::vector<double> us;
   if (o.sequential) {
     for (const auto& fn : variants) us.push_back(cuda_bench::time_median_us(fn, o.warmup, o.repeats));
@@ -181,6 +188,10 @@ Timings time_fp8kv(const Point& p, const Options& o) {
   t.fp8_one_level_us = us[1];
   t.fp8_two_level_everywhere_us = us[2];
   t.bf16_us = us[3];
+  if (wide) {
+    t.fp8_key_tile = 256;
+    t.fp8_narrow_us = us[4];
+  }
   return t;
 }
 
@@ -246,6 +257,7 @@ void run_bench(const Options& o) {
   j["method"] = "CUDA events, median of " + std::to_string(o.repeats) + " single runs after " +
                 std::to_string(o.warmup) + " warm-up runs, 256 MiB L2 flush before each; fp8kv's four variants " +
                 (o.sequential ? "timed one after another" : "interleaved run by run") +
+                "; fp8_narrow_us = the default FP8 options with 128-key tiles, where they pick 256-key tiles"
                 "; equal-length packed sequences; TFLOP/s = 4*batch*h_q*L^2*d (/2 causal) / time; fp8 = E4M3 Q/K/V "
                 "with per-tensor descales, bf16 out";
   std::string peer_status = "disabled (--no-peers)";
@@ -254,9 +266,10 @@ void run_bench(const Options& o) {
   j["peers"] = peer_status;
   std::cerr << "peers: " << peer_status << "\n";
 
-  std::cout << "| shape | bs | seq | d | causal | fp8 µs | fp8 TFLOP/s | fp8 1-level µs | fp8 2-level everywhere µs | "
-               "bf16 µs | bf16 TFLOP/s | cudnn µs | flash µs | fp8/bf16 speedup | fp8/cudnn speedup |\n"
-            << "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
+  std::cout << "| shape | bs | seq | d | causal | fp8 key tile | fp8 µs | fp8 TFLOP/s | fp8 128-key tiles µs | fp8 1-level µs | "
+               "fp8 2-level everywhere µs | bf16 µs | bf16 TFLOP/s | cudnn µs | flash µs | fp8/bf16 speedup | "
+               "fp8/cudnn speedup |\n"
+            << "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
   j["results"] = nlohmann::json::array();
   for (const Point& p : points) {
     const Timings t = time_fp8kv(p, o);
@@ -273,7 +286,9 @@ void run_bench(const Options& o) {
                         {"fp8_two_level_everywhere_us", t.fp8_two_level_everywhere_us},
                         {"fp8_two_level_everywhere_tflops", f / t.fp8_two_level_everywhere_us * 1e-6},
                         {"bf16_us", t.bf16_us},
-                        {"bf16_tflops", f / t.bf16_us * 1e-6}, {"fp8_over_bf16_speedup", t.bf16_us / t.fp8_us}};
+                        {"bf16_tflops", f / t.bf16_us * 1e-6}, {"fp8_over_bf16_speedup", t.bf16_us / t.fp8_us},
+                        {"fp8_key_tile", t.fp8_key_tile}};
+    if (t.fp8_narrow_us > 0) r["fp8_narrow_us"] = t.fp8_narrow_us;
     if (cudnn > 0) {
       r["cudnn_us"] = cudnn;
       r["cudnn_tflops"] = f / cudnn * 1e-6;
@@ -285,8 +300,8 @@ void run_bench(const Options& o) {
     }
     j["results"].push_back(r);
     std::cout << "| " << p.shape.name << " | " << p.batch << " | " << p.seq << " | " << p.shape.head_dim << " | "
-              << (p.causal ? "yes" : "no") << " | " << fmt(t.fp8_us) << " | " << fmt(f / t.fp8_us * 1e-6) << " | "
-              << fmt(t.fp8_one_level_us) << " | " << fmt(t.fp8_two_level_everywhere_us) << " | " << fmt(t.bf16_us) << " | " << fmt(f / t.bf16_us * 1e-6) << " | "
+              << (p.causal ? "yes" : "no") << " | " << t.fp8_key_tile << " | " << fmt(t.fp8_us) << " | "
+              << fmt(f / t.fp8_us * 1e-6) << " | " << fmt(t.fp8_narrow_us) << " | " << fmt(t.fp8_one_level_us) << " | " << fmt(t.fp8_two_level_everywhere_us) << " | " << fmt(t.bf16_us) << " | " << fmt(f / t.bf16_us * 1e-6) << " | "
               << fmt(cudnn) << " | " << fmt(flash) << " | " << fmt(t.bf16_us / t.fp8_us, 2) << " | "
               << (cudnn > 0 ? fmt(cudnn / t.fp8_us, 2) : "-") << " |" << std::endl;
   }
@@ -315,8 +330,9 @@ void register_bench_prefill(CLI::App& bench) {
                   "Only the points whose key (shape/batch/seq/causal|full, e.g. qwen3-8b/1/512/) contains this text; "
                   "repeatable");
   cmd->add_option("--peers-script", options->peers_script, "Path of bench/prefill_peers.py");
-  cmd->add_option("--wide-tiles-min-keys", options->wide_tiles_min_keys,
-                  "PrefillOptions::wide_tiles_min_keys for the FP8 runs (-1 = its default)")
+  cmd->add_option("--key-tile", options->key_tile,
+                  "PrefillOptions::key_tile of the FP8 runs: 0 = chosen per launch, 128, 256 (head dim 128 only)")
+      ->check(CLI::IsMember({0, 128, 256}))
       ->capture_default_str();
   cmd->callback([options] { run_bench(*options); });
 }

@@ -38,7 +38,7 @@ KernelChoice choice_of() {
 
 // The one list of kernels this build has; supported(), dispatch and the benchmark all ask here.
 // Returns launch = nullptr for an unsupported combination.
-// `wide` (dense FP8 head dim 128): the kernel with 256-key tiles (PrefillOptions::wide_tiles_min_keys).
+// `wide` (dense FP8 head dim 128): the kernel with 256-key tiles (prefill_key_tile).
 KernelChoice select_kernel(DType dtype, int head_dim, bool paged, bool wide = false) {
   using sm90::ElementBf16;
   using sm90::ElementE4M3;
@@ -170,6 +170,29 @@ bool prefill_supported(DType dtype, int head_dim, bool paged) {
   return select_kernel(dtype, head_dim, paged).launch != nullptr;
 }
 
+// H100 (2026-11-25, bench prefill, both tile widths in one run): 256-key tiles were 3-6% faster at
+// Qwen3-0.6B/8B batch 4 and 8 x 4096 and 5-7% at 16k (2048-4096 work tiles), but 2% slower at
+// Qwen3-8B 1 x 4096 (1024 work tiles) and 8% at Qwen3-0.6B 1 x 4096 (512).
+constexpr int64_t kWideMinKeysPerSequence = 2048;
+constexpr int64_t kWideMinWorkTiles = 2048;
+
+int prefill_key_tile(const PrefillArgs& args, const PrefillOptions& options) {
+  options.validate();
+  const bool wide_exists = args.q.dtype == DType::kFp8E4M3 && args.q.ndim == 3 && args.q.size(2) == 128;
+  if (options.key_tile == 256) {
+    FP8KV_REQUIRE(wide_exists, "key_tile",
+                  "256-key tiles exist for FP8 E4M3 prefill at head dim 128 only (dense, not paged)");
+    return 256;
+  }
+  if (options.key_tile == 128 || !wide_exists || args.k.ndim < 1 || args.cu_seqlens_q.ndim != 1 ||
+      args.cu_seqlens_q.size(0) < 2) {
+    return 128;
+  }
+  const int64_t batch = args.cu_seqlens_q.size(0) - 1;
+  const int64_t work_tiles = static_cast<int64_t>(grid_blocks(args.q.size(0), batch, 128)) * args.q.size(1);
+  return args.k.size(0) / batch >= kWideMinKeysPerSequence && work_tiles >= kWideMinWorkTiles ? 256 : 128;
+}
+
 void prefill(const PrefillArgs& args, const PrefillOptions& options, void* stream) {
   validate(args);
   options.validate();
@@ -178,8 +201,7 @@ void prefill(const PrefillArgs& args, const PrefillOptions& options, void* strea
   const int head_dim = static_cast<int>(args.q.size(2));
   const int64_t total_q = args.q.size(0), total_k = args.k.size(0);
   const int64_t batch = args.cu_seqlens_q.size(0) - 1;
-  const KernelChoice k =
-      require_kernel(args.q.dtype, head_dim, false, total_k / std::max<int64_t>(1, batch) >= options.wide_tiles_min_keys);
+  const KernelChoice k = require_kernel(args.q.dtype, head_dim, false, prefill_key_tile(args, options) == 256);
   const int num_q_heads = static_cast<int>(args.q.size(1)), num_kv_heads = static_cast<int>(args.k.size(1));
   if (total_q == 0 || batch == 0) return;
   FP8KV_REQUIRE(total_k < (int64_t{1} << 31) && total_q < (int64_t{1} << 31), "q",

@@ -45,8 +45,9 @@ TEST(CudaPrefill, Bf16LengthsHeadDimsGqaCausal) {
   run_lengths(DType::kBFloat16, DescaleMode::kNone);
 }
 
-// The FP8 head-dim-128 kernel with 256-key tiles, which the default options pick from 2048 keys
-// per sequence (so the 4096 and 16384 cases above use it), here forced on every shape: lengths
+// The FP8 head-dim-128 kernel with 256-key tiles, which prefill_key_tile picks for long sequences
+// with enough work tiles (the 16384 case above, hq = 16, 2048 of them, uses it), here forced on
+// every shape: lengths
 // around one and two tiles, varlen batches with prefixes, GQA, causal and not, and the three
 // accumulation modes.
 TEST(CudaPrefill, Fp8WideTilesEveryShape) {
@@ -59,7 +60,7 @@ TEST(CudaPrefill, Fp8WideTilesEveryShape) {
       const int hk = 2, hq = hk * ratio;
       SCOPED_TRACE(::testing::Message() << "wide len=" << len << " causal=" << causal << " hq=" << hq);
       cuda::PrefillOptions options;
-      options.wide_tiles_min_keys = 0;
+      options.key_tile = 256;
       const DenseProblem p = make_dense_problem({len}, {len}, hq, hk, 128, causal, DType::kFp8E4M3,
                                                 DescaleMode::kPerTensor, test_seed());
       const ErrorReport e = check_dense(p, len > 1024 ? 256 : 0, options);
@@ -77,7 +78,7 @@ TEST(CudaPrefill, Fp8WideTilesEveryShape) {
         SCOPED_TRACE(::testing::Message() << "wide varlen causal=" << causal << " two_level=" << two_level
                                           << " one_level_max_keys=" << one_level_max_keys);
         cuda::PrefillOptions options;
-        options.wide_tiles_min_keys = 0;
+        options.key_tile = 256;
         options.two_level_accumulation = two_level;
         options.one_level_max_keys = one_level_max_keys;
         const DenseProblem p = make_dense_problem(lens_q, lens_k, 8, 2, 128, causal, DType::kFp8E4M3,
@@ -273,14 +274,32 @@ TEST(CudaPrefill, RejectsUnsupportedAndBadArguments) {
   } catch (const InvalidArgument& e) {
     EXPECT_EQ(e.argument(), "one_level_max_keys");
   }
-  cuda::PrefillOptions negative_wide;
-  negative_wide.wide_tiles_min_keys = -1;
-  try {
-    cuda::prefill(a, negative_wide);
-    ADD_FAILURE() << "negative wide_tiles_min_keys accepted";
-  } catch (const InvalidArgument& e) {
-    EXPECT_EQ(e.argument(), "wide_tiles_min_keys");
+  for (int key_tile : {64, 512}) {
+    cuda::PrefillOptions bad_tile;
+    bad_tile.key_tile = key_tile;
+    try {
+      cuda::prefill(a, bad_tile);
+      ADD_FAILURE() << "key_tile " << key_tile << " accepted";
+    } catch (const InvalidArgument& e) {
+      EXPECT_EQ(e.argument(), "key_tile");
+    }
   }
+  // 256-key tiles at head dim 64: no such kernel, an error rather than another tile width.
+  cuda::PrefillOptions wide;
+  wide.key_tile = 256;
+  PrefillArgs d64 = a;
+  d64.q = buf.tensor(DType::kFp8E4M3, {4, 2, 64});
+  d64.k = buf.tensor(DType::kFp8E4M3, {4, 2, 64});
+  d64.v = buf.tensor(DType::kFp8E4M3, {4, 2, 64});
+  d64.out = buf.tensor(DType::kBFloat16, {4, 2, 64});
+  try {
+    cuda::prefill(d64, wide);
+    ADD_FAILURE() << "key_tile 256 accepted at head dim 64";
+  } catch (const InvalidArgument& e) {
+    EXPECT_EQ(e.argument(), "key_tile");
+  }
+  EXPECT_EQ(cuda::prefill_key_tile(a, wide), 256);
+  EXPECT_EQ(cuda::prefill_key_tile(a), 128);  // 4 keys: far below the thresholds
 }
 
 }  // namespace

@@ -266,6 +266,12 @@ def test_prefill_rejects_negative_one_level_max_keys():
         fp8kv.prefill(q, k, v, cu_q, cu_k, one_level_max_keys=-1)
 
 
+def test_prefill_rejects_unknown_key_tile():
+    q, k, v, cu_q, cu_k = varlen(rng(5), [3], [3], 2, 2, 64)
+    with pytest.raises(fp8kv.InvalidArgument, match="key_tile"):
+        fp8kv.prefill(q, k, v, cu_q, cu_k, key_tile=64)
+
+
 @pytest.mark.parametrize("fp8_dtype", ["fp8_e4m3", "fp8_e5m2"])
 def test_fp8_prefill_matches_numpy(fp8_dtype):
     gen = rng(31)

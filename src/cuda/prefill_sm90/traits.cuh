@@ -26,9 +26,13 @@ struct ElementBf16 {
 
 // Tile sizes. kBlockM = 128 query rows: two consumer warpgroups of 64 rows (the wgmma M). kBlockN
 // = 128 keys: the widest S tile whose accumulator (64 fp32 registers per thread) leaves room for
-// O, the per-tile O of two-level accumulation and P under the consumer register budget.
-// Shared memory at d = 128: FP8 2 x 16 KiB of Q + 3 stages x 48 KiB (K, V, V^T) = 176 KiB; BF16
-// 2 x 32 KiB of Q + 2 stages x 64 KiB = 192 KiB. Q has two buffers because the CTAs are
+// O, the per-tile O of two-level accumulation and P under the consumer register budget while the
+// next tile's Q.K^T and this one's P.V are in flight together. kBlockN = 256 (FP8, head dim 128,
+// dense; prefill_key_tile in src/cuda/prefill.cu picks it): S takes 128 registers, so the schedule
+// is serial (kernel.cuh) and the per-key costs of a turn (barriers, wgmma issue, the fold, the
+// row-max shuffles) are spread over twice the keys.
+// Shared memory at d = 128: FP8 2 x 16 KiB of Q + 3 stages x 48 KiB (K, V, V^T) = 176 KiB (256-key
+// tiles: 2 stages x 96 KiB = 224 KiB); BF16 2 x 32 KiB of Q + 2 stages x 64 KiB = 192 KiB. Q has two buffers because the CTAs are
 // persistent (tile_scheduler.cuh): the next work tile's Q loads while the current one runs.
 template <class Element_, int kHeadDim_, bool kPaged_, int kBlockN_ = 128>
 struct PrefillTraits {
@@ -38,8 +42,6 @@ struct PrefillTraits {
   static constexpr int kHeadDim = kHeadDim_;
   static constexpr int kBlockM = 128;
   static constexpr int kBlockN = kBlockN_;
-  // Wide tiles (256 keys, FP8 head dim 128 dense only): S then needs 128 registers, so S, the
-  // per-tile O and P are never live at once (the serial schedule, kernel.cuh).
   static constexpr bool kWide = kBlockN > 128;
   static_assert(!kWide || (Element::kFp8 && kHeadDim_ == 128 && !kPaged_ && kBlockN == 256), "wide: FP8 d128 dense");
   // Pipeline depth and schedule, from bench prefill on the H100 (seq 4096-16384). A third
