@@ -75,7 +75,8 @@ struct Fa3Rmse {
   double bf16, fp8_two, fp8_one, inc_two, inc_one;
 };
 
-Fa3Rmse fa3_experiment_draw(int len, int heads, int d, int rows, uint64_t seed) {
+// `key_tile`: PrefillOptions::key_tile of the FP8 runs (0 = chosen per launch: 128 at this size).
+Fa3Rmse fa3_experiment_draw(int len, int heads, int d, int rows, uint64_t seed, int key_tile) {
   const size_t n = static_cast<size_t>(len) * heads * d;
   const std::vector<float> q = fa3_inputs(n, seed), k = fa3_inputs(n, seed + 1), v = fa3_inputs(n, seed + 2);
   const std::vector<float> exact = exact_last_rows(q, k, v, len, heads, d, rows);
@@ -118,9 +119,10 @@ Fa3Rmse fa3_experiment_draw(int len, int heads, int d, int rows, uint64_t seed) 
                          vs.tensor(DType::kFloat32, {1}), false, 0);
   };
   cuda::PrefillOptions two, one;
+  two.key_tile = one.key_tile = key_tile;
   one.two_level_accumulation = false;
   Fa3Rmse r{};
-  r.bf16 = run(DType::kBFloat16, two);
+  r.bf16 = run(DType::kBFloat16, {});
   quantize(false);
   r.fp8_two = run(DType::kFp8E4M3, two);
   r.fp8_one = run(DType::kFp8E4M3, one);
@@ -130,8 +132,8 @@ Fa3Rmse fa3_experiment_draw(int len, int heads, int d, int rows, uint64_t seed) 
   return r;
 }
 
-TEST(CudaPrefillAccuracy, FlashAttention3OutlierExperiment) {
-  FP8KV_REQUIRE_GPU();
+// The experiment with the FP8 kernel of `key_tile` keys per K/V tile, recorded under `name`.
+void fa3_experiment(int key_tile, const char* name) {
   const int len = 4096, heads = 4, d = 128, rows = 256;
   // About 0.4 s a draw, mostly the float64 reference; 64 draws put the pooled RMSEs within a few
   // percent of their expectation.
@@ -141,7 +143,7 @@ TEST(CudaPrefillAccuracy, FlashAttention3OutlierExperiment) {
   Fa3Rmse sq{};
   double inc_min = INFINITY, inc_max = 0.0, fp8_min = INFINITY, fp8_max = 0.0;
   for (int draw = 0; draw < kDraws; ++draw) {
-    const Fa3Rmse r = fa3_experiment_draw(len, heads, d, rows, test_seed());
+    const Fa3Rmse r = fa3_experiment_draw(len, heads, d, rows, test_seed(), key_tile);
     inc_min = std::min(inc_min, r.inc_two);
     inc_max = std::max(inc_max, r.inc_two);
     fp8_min = std::min(fp8_min, r.fp8_two);
@@ -154,14 +156,16 @@ TEST(CudaPrefillAccuracy, FlashAttention3OutlierExperiment) {
   }
   const double bf16 = std::sqrt(sq.bf16), fp8_two = std::sqrt(sq.fp8_two), fp8_one = std::sqrt(sq.fp8_one);
   const double inc_two = std::sqrt(sq.inc_two), inc_one = std::sqrt(sq.inc_one);
-  std::printf("[accuracy] FA3 experiment (seq %d, %d heads, d %d, last %d rows, %d draws, pooled RMSE vs float64):\n"
+  std::printf("[accuracy] FA3 experiment, FP8 key tile %s (seq %d, %d heads, d %d, last %d rows, %d draws, pooled RMSE "
+              "vs float64):\n"
               "  bf16                      %.3e\n"
               "  fp8 per-tensor, two-level %.3e   one-level %.3e   (FA3: 2.4e-2)\n"
               "  fp8 incoherent, two-level %.3e   one-level %.3e   (FA3: 9.1e-3)\n"
               "  single draws, two-level: per-tensor %.3e to %.3e, incoherent %.3e to %.3e\n",
-              len, heads, d, rows, kDraws, bf16, fp8_two, fp8_one, inc_two, inc_one, fp8_min, fp8_max, inc_min,
-              inc_max);
-  results()["fa3_outlier_experiment"] = {
+              key_tile == 0 ? "chosen per launch (128)" : "256", len, heads, d, rows, kDraws, bf16, fp8_two, fp8_one,
+              inc_two, inc_one, fp8_min, fp8_max, inc_min, inc_max);
+  results()[name] = {
+      {"fp8_key_tile", key_tile == 0 ? 128 : key_tile},
       {"seq", len}, {"heads", heads}, {"head_dim", d}, {"rows_checked", rows}, {"draws", kDraws},
       {"bf16_rmse", bf16},
       {"fp8_per_tensor_two_level_rmse", fp8_two}, {"fp8_per_tensor_one_level_rmse", fp8_one},
@@ -176,10 +180,22 @@ TEST(CudaPrefillAccuracy, FlashAttention3OutlierExperiment) {
   EXPECT_LT(inc_two, fp8_two);
 }
 
-TEST(CudaPrefillAccuracy, LongContextRetrieval) {
+TEST(CudaPrefillAccuracy, FlashAttention3OutlierExperiment) {
   FP8KV_REQUIRE_GPU();
+  fa3_experiment(0, "fa3_outlier_experiment");
+}
+
+// The same with the 256-key-tile kernel, which prefill_key_tile picks for long sequences with
+// many heads (its two-level fold is every 256 keys instead of every 512).
+TEST(CudaPrefillAccuracy, FlashAttention3OutlierExperimentWideTiles) {
+  FP8KV_REQUIRE_GPU();
+  fa3_experiment(256, "fa3_outlier_experiment_256_key_tiles");
+}
+
+// Retrieval with the FP8 kernel of `key_tile` keys per K/V tile, recorded under `name`.
+void long_context_retrieval(int key_tile, const char* name) {
   const int rows = 128, d = 128;
-  nlohmann::json& out_json = results()["long_context_retrieval"];
+  nlohmann::json& out_json = results()[name];
   for (int keys : {512, 1024, 32768, 65536, 131072}) {
     const uint64_t seed = test_seed();
     std::mt19937_64 rng(seed);
@@ -242,6 +258,7 @@ TEST(CudaPrefillAccuracy, LongContextRetrieval) {
       cuda::PrefillOptions options;
       options.two_level_accumulation = mode.two_level;
       options.one_level_max_keys = mode.one_level_max_keys;
+      options.key_tile = key_tile;
       const std::vector<float> gpu = run_dense_on_gpu(p, options);
       const double err = relative_l2_error(gpu, ref);
       // How much of the planted value came back: cosine between each output row and its value.
@@ -257,8 +274,9 @@ TEST(CudaPrefillAccuracy, LongContextRetrieval) {
         }
         worst_cos = std::min(worst_cos, dot / std::sqrt(nn * vv));
       }
-      std::printf("[retrieval] keys=%d %s: rel err vs float64 %.3e, worst cosine to planted value %.5f\n", keys,
-                  mode.name, err, worst_cos);
+      std::printf("[retrieval] key tile %d, keys=%d %s: rel err vs float64 %.3e, worst cosine to planted value "
+                  "%.5f\n",
+                  key_tile == 0 ? 128 : key_tile, keys, mode.name, err, worst_cos);
       entry[mode.name] = {{"rel_l2_error", err}, {"worst_cosine", worst_cos}};
       EXPECT_EQ(count_nan(gpu), 0u);
       if (mode.two_level && mode.one_level_max_keys == 0) {
@@ -273,6 +291,16 @@ TEST(CudaPrefillAccuracy, LongContextRetrieval) {
     out_json.push_back(entry);
     save_results();
   }
+}
+
+TEST(CudaPrefillAccuracy, LongContextRetrieval) {
+  FP8KV_REQUIRE_GPU();
+  long_context_retrieval(0, "long_context_retrieval");
+}
+
+TEST(CudaPrefillAccuracy, LongContextRetrievalWideTiles) {
+  FP8KV_REQUIRE_GPU();
+  long_context_retrieval(256, "long_context_retrieval_256_key_tiles");
 }
 
 }  // namespace
