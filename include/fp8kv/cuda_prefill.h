@@ -26,13 +26,14 @@
 namespace fp8kv::cuda {
 
 struct PrefillOptions {
-  // FP8 only. wgmma accumulates FP8 products with reduced precision; when on, every KV tile's
-  // P.V product (kBlockN = 128 keys, 4 wgmma k-steps) is accumulated from zero and then added
-  // to an FP32 register accumulator, so the reduced-precision chain is never longer than one tile
-  // (in CTAs that read more than one_level_max_keys keys; shorter CTAs have short chains anyway).
+  // FP8 only. wgmma accumulates FP8 products with reduced precision; when on, the P.V product of
+  // a group of K/V tiles (4 tiles of 128 keys in the dense head-dim-128 kernel, one 256-key tile
+  // in the wide one, one tile elsewhere) is accumulated from zero and then added to an FP32
+  // register accumulator, so the reduced-precision chain is never longer than 512 keys (in CTAs
+  // that read more than one_level_max_keys keys; shorter CTAs have short chains anyway).
   bool two_level_accumulation = true;
   // With two-level accumulation on, a CTA that reads at most this many keys (counted in whole
-  // 128-key tiles) accumulates in one level: its reduced-precision chain is that short anyway, and
+  // K/V tiles) accumulates in one level: its reduced-precision chain is that short anyway, and
   // the accumulator's error grows with the chain's length (tests/cuda/test_prefill_accuracy.cc,
   // LongContextRetrieval, H100: one-level adds 0.4% to the error over 512 keys, 0.7% over 1024,
   // 5x over 32k). Skipping the per-tile fold there makes short sequences as fast as one-level
