@@ -40,8 +40,9 @@ struct PrefillOptions {
   // (Qwen3-8B batch 1 x 512: 14.0 against 15.3 us). 0 = two-level in every CTA. Must be >= 0.
   int one_level_max_keys = 512;
   // Keys per K/V tile: 0 = chosen per launch (prefill_key_tile), 128, or 256. 256-key tiles exist
-  // for dense FP8 E4M3 prefill at head dim 128 only: fewer instructions per key, but up to 128 more
-  // masked keys per query block on the causal diagonal and coarser work tiles.
+  // for dense FP8 E4M3 prefill at head dim 128 only (elsewhere 256 is an InvalidArgument): fewer
+  // instructions per key, but up to 128 more masked keys per query block on the causal diagonal
+  // and coarser work tiles.
   int key_tile = 0;
   // Used by rope_quantize: multiply Q and K by the same random-sign Hadamard matrix
   // (H * diag(signs) / sqrt(head_dim)) before quantising, which spreads outlier channels over all

@@ -170,9 +170,9 @@ bool prefill_supported(DType dtype, int head_dim, bool paged) {
   return select_kernel(dtype, head_dim, paged).launch != nullptr;
 }
 
-// H100 (2026-11-25, bench prefill, both tile widths in one run): 256-key tiles were 3-6% faster at
-// Qwen3-0.6B/8B batch 4 and 8 x 4096 and 5-7% at 16k (2048-4096 work tiles), but 2% slower at
-// Qwen3-8B 1 x 4096 (1024 work tiles) and 8% at Qwen3-0.6B 1 x 4096 (512).
+// H100 (2026-11-25, bench prefill, both tile widths in one run): 256-key tiles were 2.6-6.1% faster
+// at Qwen3-0.6B/8B batch 4 and 8 x 4096 and 4.7-6.5% at 16k (2048-4096 work tiles), but (an earlier
+// run) 2% slower at Qwen3-8B 1 x 4096 (1024 work tiles) and 8% at Qwen3-0.6B 1 x 4096 (512).
 constexpr int64_t kWideMinKeysPerSequence = 2048;
 constexpr int64_t kWideMinWorkTiles = 2048;
 
@@ -235,6 +235,8 @@ void prefill(const PrefillArgs& args, const PrefillOptions& options, void* strea
 void paged_prefill(const PagedPrefillArgs& args, const PrefillOptions& options, void* stream) {
   validate(args);
   options.validate();
+  FP8KV_REQUIRE(options.key_tile != 256, "key_tile",
+                "paged_prefill has 128-key tiles only (256-key tiles are for dense FP8 prefill at head dim 128)");
   check_cuda_tensor(args.q, "q");
   FP8KV_REQUIRE(args.out.dtype == DType::kBFloat16, "out", "cuda::paged_prefill writes bfloat16, got ",
                 dtype_name(args.out.dtype));

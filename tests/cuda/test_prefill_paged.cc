@@ -179,7 +179,7 @@ std::vector<float> naive_paged(const PagedProblem& p) {
   return out;
 }
 
-ErrorReport check_paged(const PagedProblem& p) {
+ErrorReport check_paged(const PagedProblem& p, const cuda::PrefillOptions& options = {}) {
   // CPU reference on the host copy.
   const int64_t total_q = p.cu_q.back();
   std::vector<uint8_t> q = p.q, kp = p.k_pool, vp = p.v_pool;
@@ -197,7 +197,8 @@ ErrorReport check_paged(const PagedProblem& p) {
   dout.poison();
   cuda::paged_prefill(paged_args(p, p.layer(dkp.get(), dvp.get(), dkt.get(), dvt.get(), dks.get(), dvs.get(), Device::kCuda),
                                  dq.get(), dtable.get(), dcu.get(), dlens.get(), dout.get(), dqds.get(), Device::kCuda,
-                                 DType::kBFloat16));
+                                 DType::kBFloat16),
+                      options);
   FP8KV_CUDA_CHECK(cudaDeviceSynchronize());
   const std::vector<float> gpu = convert_to_float(dout.download());
   ErrorReport e;
@@ -234,6 +235,21 @@ TEST(CudaPagedPrefill, GqaRatiosAndLongPrefix) {
     const ErrorReport e = check_paged(p);
     std::printf("[paged prefill] gqa=%d long prefix: rel err %.3e (naive %.3e)\n", ratio, e.gpu, e.naive);
     expect_within_bound(e);
+  }
+}
+
+// 256-key tiles exist for dense prefill only: asking paged_prefill for them is an error, not a
+// silent 128.
+TEST(CudaPagedPrefill, RejectsWideKeyTiles) {
+  FP8KV_REQUIRE_GPU();
+  const PagedProblem p = make_paged({17}, {300}, 4, 2, 128, 16, ScaleGranularity::kPerTensor, test_seed());
+  cuda::PrefillOptions wide;
+  wide.key_tile = 256;
+  try {
+    check_paged(p, wide);
+    ADD_FAILURE() << "paged_prefill accepted key_tile 256";
+  } catch (const InvalidArgument& e) {
+    EXPECT_EQ(e.argument(), "key_tile");
   }
 }
 
