@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cmath>
+#include <type_traits>
 
 #include "cuda/prefill_sm90/epilogue.cuh"
 #include "cuda/prefill_sm90/mainloop.cuh"
@@ -210,27 +211,26 @@ __device__ void consumer_loop(const PrefillParams& p, const WorkTile& t, const S
   // that product, computed from zero by the tensor cores, in FP32. Without per-token V scales the
   // tile's factor is 1: one FFMA per element instead of two instructions (the consumers are close
   // to issue-bound, so this shows in the timings).
-  // `o_tile`: the product in registers [kAt, kAt + kORegs) of an accumulator array.
-  auto fold_tile = [&](auto at_tag, const auto& o_tile) {
-    constexpr int kAt = decltype(at_tag)::value;
+  // `o_tile`: the product in the first kORegs registers of an accumulator array.
+  auto fold_tile = [&](const auto& o_tile) {
+    static_assert(std::extent_v<std::remove_reference_t<decltype(o_tile)>> >= G::kORegs, "a whole product");
     if (token_scales) {
 #pragma unroll
       for (int j = 0; j < G::kORegs / 4; ++j) {
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
           o[4 * j + e] =
-              fmaf(o[4 * j + e], alpha_acc[e >> 1], o_tile[kAt + 4 * j + e] * tile_v_scale_prev[e >> 1]);
+              fmaf(o[4 * j + e], alpha_acc[e >> 1], o_tile[4 * j + e] * tile_v_scale_prev[e >> 1]);
         }
       }
     } else {
 #pragma unroll
       for (int j = 0; j < G::kORegs / 4; ++j) {
 #pragma unroll
-        for (int e = 0; e < 4; ++e) o[4 * j + e] = fmaf(o[4 * j + e], alpha_acc[e >> 1], o_tile[kAt + 4 * j + e]);
+        for (int e = 0; e < 4; ++e) o[4 * j + e] = fmaf(o[4 * j + e], alpha_acc[e >> 1], o_tile[4 * j + e]);
       }
     }
   };
-  using AtZero = std::integral_constant<int, 0>;
   // After the softmax of tile `iter`, once the P.V product of tile iter - 1 has landed. One-level
   // rescales O (conditional: if a row of the warp moved its max). Two-level: a partial product
   // that ends its group (ungrouped: every tile's) has just been folded: O is at tile iter - 1's max
@@ -310,7 +310,7 @@ __device__ void consumer_loop(const PrefillParams& p, const WorkTile& t, const S
         if constexpr (kTwoLevel) {
           fence_registers(partial);
           // The last turn always folds; otherwise tile iter - 1 ends its group when iter starts one.
-          if (!kGrouped || !kHasQK || (iter & group_mask) == 0) fold_tile(AtZero{}, partial);
+          if (!kGrouped || !kHasQK || (iter & group_mask) == 0) fold_tile(partial);
         }
         Barrier::arrive(v_empty);
       }
@@ -328,7 +328,7 @@ __device__ void consumer_loop(const PrefillParams& p, const WorkTile& t, const S
         cute::warpgroup_wait<0>();
         fence_registers(o_tile);
         Barrier::arrive(v_empty);
-        fold_tile(AtZero{}, o_tile);
+        fold_tile(o_tile);
       }
       fence_registers(o);
       fence_registers(pa);
@@ -362,7 +362,6 @@ __device__ void consumer_loop(const PrefillParams& p, const WorkTile& t, const S
   // 13.0) placed it beside S and spilled O (624 bytes); in S's last 64 it serialised every wgmma
   // of the kernel. This way a turn needs S + O = 192 registers (ptxas keeps P in S's registers
   // 64-95 between turns).
-  constexpr int kProductAt = 0;
   auto wide_turn = [&](auto has_pv_tag, auto has_qk_tag, auto may_mask_tag, int iter, const Stage& st,
                        const Stage& prev) {
     if constexpr (Traits::kWide) {
@@ -378,9 +377,9 @@ __device__ void consumer_loop(const PrefillParams& p, const WorkTile& t, const S
         fence_registers(o);
         cute::warpgroup_arrive();
         if constexpr (kTwoLevel) {
-          G::template issue_pv_at<kProductAt>(s, pa, desc_v0, prev.index, false);
+          G::issue_pv(s, pa, desc_v0, prev.index, false);
         } else {
-          G::template issue_pv_at<0>(o, pa, desc_v0, prev.index, true);
+          G::issue_pv(o, pa, desc_v0, prev.index, true);
         }
         cute::warpgroup_commit_batch();
         cute::warpgroup_wait<0>();
@@ -388,7 +387,7 @@ __device__ void consumer_loop(const PrefillParams& p, const WorkTile& t, const S
         Barrier::arrive(sm.vt_empty(prev.index));
         if constexpr (kTwoLevel) {
           fence_registers(s);
-          fold_tile(std::integral_constant<int, kProductAt>{}, s);
+          fold_tile(s);
         }
       }
       if constexpr (!kHasQK) {

@@ -406,8 +406,10 @@ struct Gemms {
     }
   }
 
-  // O (+)= P V with V^T (FP8) or V (BF16) from `stage`.
-  static __device__ void issue_pv(float (&o)[kORegs], const uint32_t (&pa)[kPRegs], uint64_t desc_v0, int stage,
+  // O (+)= P V with V^T (FP8) or V (BF16) from `stage`, into the first kORegs registers of `o`
+  // (O, or with 256-key tiles the first half of S's registers).
+  template <int N>
+  static __device__ void issue_pv(float (&o)[N], const uint32_t (&pa)[kPRegs], uint64_t desc_v0, int stage,
                                   bool accumulate) {
     const uint64_t desc_v = desc_advance(desc_v0, stage * kVStageBytes);
 #pragma unroll
@@ -417,20 +419,6 @@ struct Gemms {
           Traits::kFp8 ? (kk / 4) * Traits::kVtKeyBlockBytes + (kk % 4) * 32 : kk * Traits::kKStep * 128;
       gmma<PVAtom>(o, accumulate || kk > 0, pa[4 * kk], pa[4 * kk + 1], pa[4 * kk + 2], pa[4 * kk + 3],
                    desc_advance(desc_v, offset));
-    }
-  }
-
-  // O (+)= P V with the product in registers [kAt, kAt + kORegs) of `acc` (wide tiles: O itself,
-  // or the last 64 of S's registers).
-  template <int kAt, int N>
-  static __device__ void issue_pv_at(float (&acc)[N], const uint32_t (&pa)[kPRegs], uint64_t desc_v0, int stage,
-                                     bool accumulate) {
-    const uint64_t desc_v = desc_advance(desc_v0, stage * kVStageBytes);
-#pragma unroll
-    for (int kk = 0; kk < kPVSteps; ++kk) {
-      const uint32_t offset = (kk / 4) * Traits::kVtKeyBlockBytes + (kk % 4) * 32;
-      gmma_at<PVAtom, kAt, kORegs>(acc, accumulate || kk > 0, pa[4 * kk], pa[4 * kk + 1], pa[4 * kk + 2],
-                                   pa[4 * kk + 3], desc_advance(desc_v, offset));
     }
   }
 

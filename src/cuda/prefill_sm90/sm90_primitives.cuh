@@ -6,6 +6,7 @@
 #include <cuda_bf16.h>
 
 #include <cstdint>
+#include <type_traits>
 #include <utility>
 
 #include <cute/arch/copy_sm90_tma.hpp>
@@ -53,7 +54,9 @@ __device__ __forceinline__ uint32_t swizzled_offset(uint32_t row, uint32_t byte)
   return linear ^ (((linear >> 7) & kMask) << 4);
 }
 
-// Calls a CuTe GMMA atom's fma with the accumulator given as an array.
+// Calls a CuTe GMMA atom's fma with the accumulator given as an array: its first registers, as
+// many as the atom has (the 256-key prefill kernel accumulates a 64-register P.V product in the
+// first half of S's 128).
 template <class Atom, int N, class... Front, size_t... I>
 __device__ __forceinline__ void gmma_call(float (&d)[N], cute::SM90::GMMA::ScaleOut scale_d, std::index_sequence<I...>,
                                           const Front&... front) {
@@ -62,21 +65,10 @@ __device__ __forceinline__ void gmma_call(float (&d)[N], cute::SM90::GMMA::Scale
 
 template <class Atom, int N, class... Front>
 __device__ __forceinline__ void gmma(float (&d)[N], bool accumulate, const Front&... front) {
+  constexpr size_t kAccumulators = std::extent_v<typename Atom::CRegisters>;
+  static_assert(kAccumulators <= N, "the atom's accumulator fits the array");
   gmma_call<Atom>(d, accumulate ? cute::SM90::GMMA::ScaleOut::One : cute::SM90::GMMA::ScaleOut::Zero,
-                  std::make_index_sequence<N>{}, front...);
-}
-
-// The same with the accumulator in registers [kAt, kAt + kCount) of a larger array.
-template <class Atom, int kAt, int kCount, int N, class... Front, size_t... I>
-__device__ __forceinline__ void gmma_at_call(float (&d)[N], cute::SM90::GMMA::ScaleOut scale_d,
-                                             std::index_sequence<I...>, const Front&... front) {
-  static_assert(kAt + kCount <= N, "accumulator inside the array");
-  Atom::fma(front..., d[kAt + I]..., scale_d);
-}
-template <class Atom, int kAt, int kCount, int N, class... Front>
-__device__ __forceinline__ void gmma_at(float (&d)[N], bool accumulate, const Front&... front) {
-  gmma_at_call<Atom, kAt, kCount>(d, accumulate ? cute::SM90::GMMA::ScaleOut::One : cute::SM90::GMMA::ScaleOut::Zero,
-                                  std::make_index_sequence<kCount>{}, front...);
+                  std::make_index_sequence<kAccumulators>{}, front...);
 }
 
 // Keeps the compiler from moving register reads/writes across wgmma issue/wait points.
