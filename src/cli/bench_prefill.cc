@@ -112,8 +112,8 @@ std::vector<Point> bench_points(const Options& o) {
 
 struct Timings {
   double fp8_us = 0, fp8_one_level_us = 0, fp8_two_level_everywhere_us = 0, bf16_us = 0;
-  int fp8_key_tile = 128;    // keys per K/V tile of the kernel the FP8 options pick
-  double fp8_narrow_us = 0;  // wide default only: the default options with 128-key tiles
+  int fp8_key_tile = 0;      // keys per K/V tile of the kernel the FP8 options pick
+  double fp8_narrow_us = 0;  // 256-key default only: the default options with 128-key tiles
 };
 
 // Median µs of fp8kv's kernels on one point: batch equal-length sequences, packed. The four
@@ -171,11 +171,11 @@ Timings time_fp8kv(const Point& p, const Options& o) {
   everywhere.one_level_max_keys = 0;
   cuda::PrefillOptions narrow = two_level;
   narrow.key_tile = 128;
-  const bool wide = cuda::prefill_key_tile(a8, two_level) == 256;
+  const int key_tile = cuda::prefill_key_tile(a8, two_level);
   std::vector<std::function<void()>> variants = {
       [&] { cuda::prefill(a8, two_level); }, [&] { cuda::prefill(a8, one_level); },
       [&] { cuda::prefill(a8, everywhere); }, [&] { cuda::prefill(a16); }};
-  if (wide) variants.push_back([&] { cuda::prefill(a8, narrow); });
+  if (key_tile == 256) variants.push_back([&] { cuda::prefill(a8, narrow); });
   std::vector<double> us;
   if (o.sequential) {
     for (const auto& fn : variants) us.push_back(cuda_bench::time_median_us(fn, o.warmup, o.repeats));
@@ -188,10 +188,8 @@ Timings time_fp8kv(const Point& p, const Options& o) {
   t.fp8_one_level_us = us[1];
   t.fp8_two_level_everywhere_us = us[2];
   t.bf16_us = us[3];
-  if (wide) {
-    t.fp8_key_tile = 256;
-    t.fp8_narrow_us = us[4];
-  }
+  t.fp8_key_tile = key_tile;
+  if (key_tile == 256) t.fp8_narrow_us = us[4];
   return t;
 }
 

@@ -189,7 +189,8 @@ int prefill_key_tile(const PrefillArgs& args, const PrefillOptions& options) {
     return 128;
   }
   const int64_t batch = args.cu_seqlens_q.size(0) - 1;
-  const int64_t work_tiles = static_cast<int64_t>(grid_blocks(args.q.size(0), batch, 128)) * args.q.size(1);
+  using Wide = sm90::PrefillTraits<sm90::ElementE4M3, 128, false, 256>;
+  const int64_t work_tiles = static_cast<int64_t>(grid_blocks(args.q.size(0), batch, Wide::kBlockM)) * args.q.size(1);
   return args.k.size(0) / batch >= kWideMinKeysPerSequence && work_tiles >= kWideMinWorkTiles ? 256 : 128;
 }
 

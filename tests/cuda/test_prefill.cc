@@ -14,6 +14,11 @@ namespace {
 // Rows checked per sequence for long sequences (the reference is O(rows * keys)).
 int rows_to_check(int len) { return len > 1024 ? 256 : 0; }
 
+// A varlen batch (an empty sequence among mixed lengths) and its keys with cached prefixes: len_k
+// >= len_q except one sequence.
+const std::vector<int> kVarlenQ = {1, 63, 200, 1000, 129, 64, 0, 300};
+const std::vector<int> kVarlenPrefixedK = {7, 63, 450, 1017, 129, 1, 5, 300};
+
 void run_lengths(DType dtype, DescaleMode mode) {
   const int lengths[] = {1, 63, 64, 65, 1000, 4096, 16384};
   const int gqa[] = {1, 2, 4, 8};
@@ -69,8 +74,6 @@ TEST(CudaPrefill, Fp8WideTilesEveryShape) {
       expect_within_bound(e);
     }
   }
-  const std::vector<int> lens_q = {1, 63, 200, 1000, 129, 64, 0, 300};
-  const std::vector<int> lens_k = {7, 63, 450, 1017, 129, 1, 5, 300};
   for (bool causal : {true, false}) {
     for (bool two_level : {true, false}) {
       for (int one_level_max_keys : {0, 512}) {
@@ -81,7 +84,7 @@ TEST(CudaPrefill, Fp8WideTilesEveryShape) {
         options.key_tile = 256;
         options.two_level_accumulation = two_level;
         options.one_level_max_keys = one_level_max_keys;
-        const DenseProblem p = make_dense_problem(lens_q, lens_k, 8, 2, 128, causal, DType::kFp8E4M3,
+        const DenseProblem p = make_dense_problem(kVarlenQ, kVarlenPrefixedK, 8, 2, 128, causal, DType::kFp8E4M3,
                                                   DescaleMode::kPerHead, test_seed());
         const ErrorReport e = check_dense(p, 0, options);
         std::printf("[prefill wide varlen] causal=%d two_level=%d one_level_max_keys=%d: rel err %.3e (naive %.3e)\n",
@@ -94,20 +97,17 @@ TEST(CudaPrefill, Fp8WideTilesEveryShape) {
 
 TEST(CudaPrefill, VarlenMixedLengthsAndPrefixes) {
   FP8KV_REQUIRE_GPU();
-  const std::vector<int> lens_q = {1, 63, 200, 1000, 129, 64, 0, 300};
-  const std::vector<int> same = lens_q;
-  const std::vector<int> longer = {7, 63, 450, 1017, 129, 1, 5, 300};  // len_k >= len_q except one
   for (DType dtype : {DType::kFp8E4M3, DType::kBFloat16}) {
     for (int d : {64, 128}) {
       for (bool causal : {true, false}) {
-        for (const auto* lens_k : {&same, &longer}) {
+        for (const auto* lens_k : {&kVarlenQ, &kVarlenPrefixedK}) {
           SCOPED_TRACE(::testing::Message() << dtype_name(dtype) << " d=" << d << " causal=" << causal
-                                            << (lens_k == &same ? " self" : " prefix"));
-          const DenseProblem p = make_dense_problem(lens_q, *lens_k, 8, 2, d, causal, dtype, DescaleMode::kPerHead,
+                                            << (lens_k == &kVarlenQ ? " self" : " prefix"));
+          const DenseProblem p = make_dense_problem(kVarlenQ, *lens_k, 8, 2, d, causal, dtype, DescaleMode::kPerHead,
                                                     test_seed());
           const ErrorReport e = check_dense(p, 0);
           std::printf("[prefill varlen] %s d=%d causal=%d %s: rel err %.3e (naive %.3e)\n", dtype_name(dtype), d,
-                      causal ? 1 : 0, lens_k == &same ? "self" : "prefix", e.gpu, e.naive);
+                      causal ? 1 : 0, lens_k == &kVarlenQ ? "self" : "prefix", e.gpu, e.naive);
           expect_within_bound(e);
         }
       }

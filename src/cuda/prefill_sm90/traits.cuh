@@ -32,8 +32,9 @@ struct ElementBf16 {
 // is serial (kernel.cuh) and the per-key costs of a turn (barriers, wgmma issue, the fold, the
 // row-max shuffles) are spread over twice the keys.
 // Shared memory at d = 128: FP8 2 x 16 KiB of Q + 3 stages x 48 KiB (K, V, V^T) = 176 KiB (256-key
-// tiles: 2 stages x 96 KiB = 224 KiB); BF16 2 x 32 KiB of Q + 2 stages x 64 KiB = 192 KiB. Q has two buffers because the CTAs are
-// persistent (tile_scheduler.cuh): the next work tile's Q loads while the current one runs.
+// tiles: 2 stages x 96 KiB = 224 KiB); BF16 2 x 32 KiB of Q + 2 stages x 64 KiB = 192 KiB. Q has
+// two buffers because the CTAs are persistent (tile_scheduler.cuh): the next work tile's Q loads
+// while the current one runs.
 template <class Element_, int kHeadDim_, bool kPaged_, int kBlockN_ = 128>
 struct PrefillTraits {
   using Element = Element_;
