@@ -64,8 +64,8 @@ struct PrefillTraits {
   // +-1.5% of 4 at every bench point.
   static constexpr int kPromoteTiles = 4;
   // One group of 4 exponentials in kPolyExpPeriod on the FMA pipes instead of the MUFU unit
-  // (softmax.cuh). Measured (H100, 2026-11-25, interleaved rounds in one call): the 256-key kernel
-  // 2.2-2.9% faster at 16k with 1 in 8 (Qwen3-8B causal 2699-2723 us against 2762-2780,
+  // (softmax.cuh). Measured (H100, 2026-11-25, interleaved rounds, two calls): the 256-key kernel
+  // 1.8-3.6% faster at 16k with 1 in 8 (Qwen3-8B causal 2699-2723 us against 2762-2781,
   // non-causal 5352-5357 against 5475-5521), 1 in 6 no better; 1 in 5 and 1 in 4 make ptxas
   // serialise its wgmmas (C7511). The 128-key kernel got slower (Qwen3-8B 1 x 4096 196 us ->
   // 206 us with 1 in 4, 224 us with 1 in 2: it is not waiting on the MUFU unit), so it keeps 0.
