@@ -24,35 +24,10 @@
 
 #include <cmath>
 
+#include "cuda/prefill_sm90/poly_exp2.cuh"
 #include "cuda/prefill_sm90/sm90_primitives.cuh"
 
 namespace fp8kv::cuda::sm90 {
-
-// exp2(x) for x <= 0 on the FMA pipes instead of the MUFU unit (FlashAttention-4's offload, here for
-// Hopper's FP8 prefill, where the MUFU unit runs at a sixteenth of the FP32 rate). `y` =
-// clamp(-x / 127, 0, 1), the form an FFMA with saturation computes from S in the instruction that
-// would otherwise compute x, so that -inf (masked) and very small values land on -127 without a
-// compare. With n = round(x) and f = x - n in [-1/2, 1/2], 2^f is a cubic (relative error 1.0e-4,
-// exact at f = 0; E4M3 rounds P by up to 6.25%) and 2^n goes into the exponent field by an integer
-// add. At x = -127 that gives exactly +0 (1.0's exponent field minus 127), as exp2 does for a
-// masked key: the per-token V scales (kernel.cuh) leave out keys whose P is 0. Near -127 it gives a
-// denormal instead of ~2^-127.
-__device__ __forceinline__ float poly_exp2_of_clamped(float y) {
-  constexpr float kRound = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer in the low bits
-  const float t = fmaf(y, -127.0f, kRound);
-  const float n = t - kRound;
-  const float f = fmaf(y, -127.0f, -n);
-  float p = fmaf(f, 0.05500892549753189f, 0.2422109842300415f);
-  p = fmaf(p, f, 0.6932829022407532f);
-  p = fmaf(p, f, 1.0f);
-  return __uint_as_float(__float_as_uint(p) + (__float_as_uint(t) << 23));
-}
-
-__device__ __forceinline__ float fma_saturate(float a, float b, float c) {
-  float y;
-  asm("fma.rn.sat.f32 %0, %1, %2, %3;" : "=f"(y) : "f"(a), "f"(b), "f"(c));
-  return y;
-}
 
 // kPolyExpPeriod: every kPolyExpPeriod-th group of 4 S registers takes its exponentials from
 // poly_exp2_of_clamped (0: none).
@@ -124,8 +99,8 @@ struct OnlineSoftmax {
         row_max[r] = m[r];
       }
     }
-    [[maybe_unused]] float poly_scale = -scale_log2 * (1.0f / 127.0f);
-    [[maybe_unused]] float poly_base[2] = {base[0] * (1.0f / 127.0f), base[1] * (1.0f / 127.0f)};
+    [[maybe_unused]] const float poly_scale = -scale_log2 * (1.0f / 127.0f);
+    [[maybe_unused]] const float poly_base[2] = {base[0] * (1.0f / 127.0f), base[1] * (1.0f / 127.0f)};
     float sum[2][4];
 #pragma unroll
     for (int j = 0; j < kGroups; ++j) {

@@ -63,6 +63,7 @@ struct PrefillTraits {
   // schedule at d 128). Measured (H100, 2026-11-24, one call, 2 runs each): 2 tiles within
   // +-1.5% of 4 at every bench point.
   static constexpr int kPromoteTiles = 4;
+  static_assert((kPromoteTiles & (kPromoteTiles - 1)) == 0, "group ends are found with a mask");
   // One group of 4 exponentials in kPolyExpPeriod on the FMA pipes instead of the MUFU unit
   // (softmax.cuh). Measured (H100, 2026-11-25, interleaved rounds, two calls): the 256-key kernel
   // 1.8-3.6% faster at 16k with 1 in 8 (Qwen3-8B causal 2699-2723 us against 2762-2781,
@@ -70,7 +71,6 @@ struct PrefillTraits {
   // serialise its wgmmas (C7511). The 128-key kernel got slower (Qwen3-8B 1 x 4096 196 us ->
   // 206 us with 1 in 4, 224 us with 1 in 2: it is not waiting on the MUFU unit), so it keeps 0.
   static constexpr int kPolyExpPeriod = kWide ? 8 : 0;
-  static_assert((kPromoteTiles & (kPromoteTiles - 1)) == 0, "group ends are found with a mask");
   static constexpr int kConsumerWarpgroups = 2;
   static constexpr int kThreads = 128 * (1 + kConsumerWarpgroups);
   // setmaxnreg budgets. The CTA owns what it was launched with, 384 x 168 = 64512 registers
