@@ -1,11 +1,12 @@
 // The FMA-pipe exp2 of the 256-key prefill kernel's softmax (src/cuda/prefill_sm90/poly_exp2.cuh),
-// as the softmax calls it: y = sat(S * (-scale / 127) + base / 127), then poly_exp2_of_clamped(y),
-// against exp2(S * scale - base) in double precision.
+// with the operands the softmax gives it, against exp2(S * scale - base) in double precision.
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
 #include <vector>
 
 #include "cuda/prefill_sm90/poly_exp2.cuh"
@@ -19,8 +20,8 @@ using testing::DeviceBuffer;
 __global__ void poly_exp2_kernel(const float* s, int n, float scale, float base, float* out) {
   const int i = static_cast<int>(blockIdx.x * blockDim.x + threadIdx.x);
   if (i >= n) return;
-  const float y = cuda::sm90::fma_saturate(s[i], -scale * (1.0f / 127.0f), base * (1.0f / 127.0f));
-  out[i] = cuda::sm90::poly_exp2_of_clamped(y);
+  using cuda::sm90::kPolyExpClamp;
+  out[i] = cuda::sm90::poly_exp2(s[i], -scale * (1.0f / kPolyExpClamp), base * (1.0f / kPolyExpClamp));
 }
 
 std::vector<float> run_poly_exp2(const std::vector<float>& s, float scale, float base) {
@@ -37,11 +38,13 @@ std::vector<float> run_poly_exp2(const std::vector<float>& s, float scale, float
 TEST(CudaPolyExp2, MatchesExp2AndGivesExactZeroAndOne) {
   // Scores s = 128 - k / 1024 (exact) whose scaled value x = s * scale - base covers [-140, 0] in
   // steps of ~1.2e-4, with a scale near a softmax's (log2(e) / sqrt(128) = 0.1275) and a running
-  // max as base, plus the masked -inf. scale / 127 = 2^-10 and base / 127 = 1 / 8 are exact, so
-  // that s = 128 (the row max) gives exactly x = 0.
+  // max as base, plus the masked -inf. scale / 127 = 2^-10 and base / 127 = 1 / 8 (127 being
+  // kPolyExpClamp) are exact, so that s = 128 (the row max) gives exactly x = 0.
   const float scale = 127.0f / 1024.0f, base = 127.0f / 8.0f;
   std::vector<float> s;
-  for (int k = 0; 128.0 - k / 1024.0 >= 128.0 - 140.0 / scale; ++k) s.push_back(128.0f - static_cast<float>(k) / 1024.0f);
+  for (int k = 0; 128.0 - k / 1024.0 >= 128.0 - 140.0 / scale; ++k) {
+    s.push_back(128.0f - static_cast<float>(k) / 1024.0f);
+  }
   s.push_back(-INFINITY);
   const std::vector<float> out = run_poly_exp2(s, scale, base);
 

@@ -30,7 +30,7 @@
 namespace fp8kv::cuda::sm90 {
 
 // kPolyExpPeriod: every kPolyExpPeriod-th group of 4 S registers takes its exponentials from
-// poly_exp2_of_clamped (0: none).
+// poly_exp2 (0: none).
 template <int kSRegs, bool kConditional, int kPolyExpPeriod = 0>
 struct OnlineSoftmax {
   // -inf until the row has seen a visible key; conditional: scaled (log2) units, else raw S units.
@@ -99,8 +99,9 @@ struct OnlineSoftmax {
         row_max[r] = m[r];
       }
     }
-    [[maybe_unused]] const float poly_scale = -scale_log2 * (1.0f / 127.0f);
-    [[maybe_unused]] const float poly_base[2] = {base[0] * (1.0f / 127.0f), base[1] * (1.0f / 127.0f)};
+    [[maybe_unused]] const float poly_scale = -scale_log2 * (1.0f / kPolyExpClamp);
+    [[maybe_unused]] const float poly_base[2] = {base[0] * (1.0f / kPolyExpClamp),
+                                                 base[1] * (1.0f / kPolyExpClamp)};
     float sum[2][4];
 #pragma unroll
     for (int j = 0; j < kGroups; ++j) {
@@ -108,7 +109,7 @@ struct OnlineSoftmax {
       for (int e = 0; e < 4; ++e) {
         float& x = s[4 * j + e];
         if (kPolyExpPeriod > 0 && j % kPolyExpPeriod == kPolyExpPeriod - 1) {
-          x = poly_exp2_of_clamped(fma_saturate(x, poly_scale, poly_base[e >> 1]));
+          x = poly_exp2(x, poly_scale, poly_base[e >> 1]);
         } else {
           x = fast_exp2(fmaf(x, scale_log2, -base[e >> 1]));
         }
