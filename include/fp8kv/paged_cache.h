@@ -64,26 +64,29 @@ struct PagedLayout {
   FP8KV_HOST_DEVICE int64_t block_elements() const {
     return static_cast<int64_t>(num_kv_heads) * block_size * head_dim;
   }
-  // Element offset of the first channel of a token in the K or V pool: its head_dim channels follow
-  // contiguously. With position = s * sub_block_size + r this is
-  //   block * block_elements() + ((s * num_kv_heads + head) * sub_block_size + r) * head_dim,
-  // written without a division: position * head_dim covers s * sub_block_size + r rows, and
-  // (position rounded down to its sub-block) * (num_kv_heads - 1) rows skip the other heads of the
-  // earlier sub-blocks (zero when sub_block_size == block_size). The offset inside a block fits
-  // 32 bits (validate() bounds block_elements()).
-  FP8KV_HOST_DEVICE int64_t token_offset(int64_t block, int head, int position) const {
+  // A token's row inside its block, in the pools' order: a row is the token's head_dim channels in
+  // the K or V pool, or its one scale in a per-token scale buffer. With position = s *
+  // sub_block_size + r this is
+  //   (s * num_kv_heads + head) * sub_block_size + r,
+  // written without a division: position covers s * sub_block_size + r rows, and (position rounded
+  // down to its sub-block) * (num_kv_heads - 1) rows skip the other heads of the earlier sub-blocks
+  // (zero when sub_block_size == block_size).
+  FP8KV_HOST_DEVICE int32_t row_in_block(int head, int position) const {
     const int sub_block_start = position & -sub_block_size;
-    const int32_t in_block = (head * sub_block_size + position + sub_block_start * (num_kv_heads - 1)) * head_dim;
+    return head * sub_block_size + position + sub_block_start * (num_kv_heads - 1);
+  }
+  // Element offset of the first channel of a token in the K or V pool: its head_dim channels follow
+  // contiguously. The offset inside a block fits 32 bits (validate() bounds block_elements()).
+  FP8KV_HOST_DEVICE int64_t token_offset(int64_t block, int head, int position) const {
+    const int32_t in_block = row_in_block(head, position) * head_dim;
     return block * block_elements() + in_block;
   }
   FP8KV_HOST_DEVICE int64_t element_offset(int64_t block, int head, int position, int channel) const {
     return token_offset(block, head, position) + channel;
   }
-  // Offset of a token's scale in a per-token scale buffer: token_offset() without head_dim.
+  // Offset of a token's scale in a per-token scale buffer.
   FP8KV_HOST_DEVICE int64_t token_scale_offset(int64_t block, int head, int position) const {
-    const int sub_block_start = position & -sub_block_size;
-    const int32_t in_block = head * sub_block_size + position + sub_block_start * (num_kv_heads - 1);
-    return block * num_kv_heads * block_size + in_block;
+    return block * num_kv_heads * block_size + row_in_block(head, position);
   }
   FP8KV_HOST_DEVICE int64_t slot_block(int64_t slot) const { return slot / block_size; }
   FP8KV_HOST_DEVICE int slot_position(int64_t slot) const { return static_cast<int>(slot % block_size); }
