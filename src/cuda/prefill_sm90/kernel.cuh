@@ -107,7 +107,7 @@ __device__ void consumer_loop(const PrefillParams& p, const WorkTile& t, const S
   // and 1-2.5% at 4096, the default (two-level) within +-1.4%. The 256-key kernel has it too (not
   // timed without it); the other kernels keep one loop.
   constexpr bool kMaskFreeTurns = Traits::kFp8 && (Traits::kOverlap || Traits::kWide) && Traits::kHeadDim == 128;
-  OnlineSoftmax<G::kSRegs, kConditional, Traits::kPolyExpPeriod> softmax;
+  OnlineSoftmax<G::kSRegs, kConditional, Traits::kPolyExpPeriod, Traits::kWide> softmax;
   softmax.init();
   // pa (P of the previous tile) lives across turns; S and the per-tile O are declared where they
   // are used: the wgmma asm reads its accumulators ("+f"), so an array that outlived its use

@@ -30,8 +30,8 @@
 namespace fp8kv::cuda::sm90 {
 
 // kPolyExpPeriod: every kPolyExpPeriod-th group of 4 S registers takes its exponentials from
-// poly_exp2 (0: none).
-template <int kSRegs, bool kConditional, int kPolyExpPeriod = 0>
+// poly_exp2 (0: none). kRowsApart: the thread's two rows one after the other (step_rows_apart).
+template <int kSRegs, bool kConditional, int kPolyExpPeriod = 0, bool kRowsApart = false>
 struct OnlineSoftmax {
   // -inf until the row has seen a visible key; conditional: scaled (log2) units, else raw S units.
   float row_max[2];
@@ -51,26 +51,58 @@ struct OnlineSoftmax {
     return x + __shfl_xor_sync(0xffffffffu, x, 2);
   }
 
+  static constexpr int kGroups = kSRegs / 4;
+  static_assert(kGroups % 4 == 0, "4 partial accumulators per row");
+
+  // The max of this thread's values of row r (0: row r, 1: row r + 8) in S. The row max and the
+  // row sum are split over 4 independent partial accumulators per row: an SM sub-partition runs
+  // only one warp of each consumer warpgroup, so long dependency chains would leave its pipes idle
+  // (measured on the H100: FP8 one-level 7-18% faster than with one running max and sum).
+  // kSeeded: the first partial also takes `seed` (step_rows_apart's ordering token).
+  template <bool kSeeded>
+  static __device__ __forceinline__ float thread_row_max(const float (&s)[kSRegs], int r, float seed) {
+    float part[4];
+#pragma unroll
+    for (int k = 0; k < 4; ++k) part[k] = fmaxf(s[4 * k + 2 * r], s[4 * k + 2 * r + 1]);
+    if constexpr (kSeeded) part[0] = fmaxf(part[0], seed);
+#pragma unroll
+    for (int j = 4; j < kGroups; ++j) part[j % 4] = fmaxf(part[j % 4], fmaxf(s[4 * j + 2 * r], s[4 * j + 2 * r + 1]));
+    return fmaxf(fmaxf(part[0], part[1]), fmaxf(part[2], part[3]));
+  }
+
+  // Conditional rescaling: row r takes the tile's max m (raw S units, reduced over the quad) if
+  // it is larger. Returns whether it moved; `alpha` is O's factor, `base` what the exponentials
+  // subtract. Against row_max = -inf any finite tile max moves it, and alpha = exp2(-inf) = 0
+  // clears nothing but zeros. A row that has seen only masked keys keeps max = -inf and
+  // exponentiates against 0, so every probability is exp2(-inf) = 0 rather than NaN. Scaling is
+  // monotonic (scale_log2 > 0): the max of the scaled tile maxima is the scaled max.
+  __device__ __forceinline__ bool move_max(int r, float m, float scale_log2, float& alpha, float& base) {
+    const float tile_max = m * scale_log2;
+    const bool move = tile_max > row_max[r];
+    alpha = move ? fast_exp2(row_max[r] - tile_max) : 1.0f;
+    if (move) row_max[r] = tile_max;
+    base = row_max[r] == -INFINITY ? 0.0f : row_max[r];
+    return move;
+  }
+
+  // exp2(x * scale_log2 - base) for a value of S register group j: on the FMA pipes for every
+  // kPolyExpPeriod-th group (poly_scale and poly_base are its operands, poly_exp2.cuh), else MUFU.
+  static __device__ __forceinline__ float exp_of(float x, int j, float scale_log2, float base, float poly_scale,
+                                                 float poly_base) {
+    if (kPolyExpPeriod > 0 && j % kPolyExpPeriod == kPolyExpPeriod - 1) return poly_exp2(x, poly_scale, poly_base);
+    return fast_exp2(fmaf(x, scale_log2, -base));
+  }
+
   // Turns S (raw, masked entries = -inf) into unnormalised probabilities in place and returns the
   // factors by which the O accumulator rows must be rescaled and (conditional) whether any row of
   // this warp moved its max (otherwise every factor of the warp is 1 and the rescale can be
-  // skipped; unconditional: true). The
-  // row max and the row sum are split over 4 independent partial accumulators per row: an SM
-  // sub-partition runs only one warp of each consumer warpgroup, so long dependency chains would
-  // leave its pipes idle (measured on the H100: FP8 one-level 7-18% faster than with one running
-  // max and sum).
+  // skipped; unconditional: true).
   __device__ bool step(float (&s)[kSRegs], float scale_log2, float (&alpha)[2]) {
-    constexpr int kGroups = kSRegs / 4;
-    static_assert(kGroups % 4 == 0, "4 partial accumulators per row");
+    if constexpr (kRowsApart) return step_rows_apart(s, scale_log2, alpha);
     float m[2];
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
-      float part[4];
-#pragma unroll
-      for (int k = 0; k < 4; ++k) part[k] = fmaxf(s[4 * k + 2 * r], s[4 * k + 2 * r + 1]);
-#pragma unroll
-      for (int j = 4; j < kGroups; ++j) part[j % 4] = fmaxf(part[j % 4], fmaxf(s[4 * j + 2 * r], s[4 * j + 2 * r + 1]));
-      m[r] = fmaxf(fmaxf(part[0], part[1]), fmaxf(part[2], part[3]));
+      m[r] = thread_row_max<false>(s, r, 0.0f);
       if constexpr (!kConditional) m[r] = fmaxf(m[r], row_max[r]);
     }
 #pragma unroll
@@ -84,14 +116,7 @@ struct OnlineSoftmax {
       // A row that has seen only masked keys keeps max = -inf and exponentiates against 0, so
       // every probability is exp2(-inf) = 0 rather than NaN.
       if constexpr (kConditional) {
-        // Against row_max = -inf any finite tile max moves it, and alpha = exp2(-inf) = 0 clears
-        // nothing but zeros. Scaling is monotonic (scale_log2 > 0): the max of the scaled tile
-        // maxima is the scaled max.
-        const float tile_max = m[r] * scale_log2;
-        move[r] = tile_max > row_max[r];
-        alpha[r] = move[r] ? fast_exp2(row_max[r] - tile_max) : 1.0f;
-        if (move[r]) row_max[r] = tile_max;
-        base[r] = row_max[r] == -INFINITY ? 0.0f : row_max[r];
+        move[r] = move_max(r, m[r], scale_log2, alpha[r], base[r]);
       } else {
         base[r] = m[r] == -INFINITY ? 0.0f : m[r] * scale_log2;
         alpha[r] = row_max[r] == -INFINITY ? (m[r] == -INFINITY ? 1.0f : 0.0f)
@@ -108,11 +133,7 @@ struct OnlineSoftmax {
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         float& x = s[4 * j + e];
-        if (kPolyExpPeriod > 0 && j % kPolyExpPeriod == kPolyExpPeriod - 1) {
-          x = poly_exp2(x, poly_scale, poly_base[e >> 1]);
-        } else {
-          x = fast_exp2(fmaf(x, scale_log2, -base[e >> 1]));
-        }
+        x = exp_of(x, j, scale_log2, base[e >> 1], poly_scale, poly_base[e >> 1]);
         if (j < 2) {
           sum[e >> 1][2 * j + (e & 1)] = x;
         } else {
@@ -127,6 +148,47 @@ struct OnlineSoftmax {
     } else {
       return true;
     }
+  }
+
+  // step() with the thread's two rows one after the other: row r + 8's max waits (through an FFMA
+  // that always gives -inf) on one of row r's first exponentials, so that ptxas runs part of its
+  // FMNMX beside row r's MUFU work instead of all of both rows' before it. The 256-key kernel
+  // uses it. Measured (H100, 2026-11-25, 4 interleaved rounds, FP8 default): Qwen3-8B 16k causal
+  // 2618-2627 us against 2661-2711, non-causal 5170-5259 against 5258-5347, Qwen3-0.6B 8 x 4096
+  // 751-756 against 757-765, Qwen3-8B 4 x 4096 level.
+  __device__ bool step_rows_apart(float (&s)[kSRegs], float scale_log2, float (&alpha)[2]) {
+    static_assert(kConditional, "conditional rescaling only");
+    [[maybe_unused]] const float poly_scale = -scale_log2 * (1.0f / kPolyExpClamp);
+    bool move[2];
+    float token = -INFINITY;
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      // Row r's max also takes the token (-inf): left out, ptxas serialises the kernel's wgmmas
+      // (C7511), register allocation being what it is.
+      const float m = quad_max(thread_row_max<true>(s, r, token));
+      float base;
+      move[r] = move_max(r, m, scale_log2, alpha[r], base);
+      [[maybe_unused]] const float poly_base = base * (1.0f / kPolyExpClamp);
+      float sum[4];
+#pragma unroll
+      for (int j = 0; j < kGroups; ++j) {
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          float& x = s[4 * j + 2 * r + e];
+          x = exp_of(x, j, scale_log2, base, poly_scale, poly_base);
+          if (j < 2) {
+            sum[2 * j + e] = x;
+          } else {
+            sum[2 * (j % 2) + e] += x;
+          }
+        }
+      }
+      row_sum[r] = row_sum[r] * alpha[r] + ((sum[0] + sum[1]) + (sum[2] + sum[3]));
+      // Exactly -inf (the probabilities are finite; a NaN is ignored by fmaxf), which ptxas cannot
+      // know: an exponential of group kGroups / 4 of row r.
+      if (r == 0) token = fmaf(s[4 * (kGroups / 4)], 0.0f, -INFINITY);
+    }
+    return __any_sync(0xffffffffu, move[0] || move[1]);
   }
 
   // 1 / (row sum) per row, 0 for a row without keys (its output is defined as zero).
