@@ -85,6 +85,20 @@ struct OnlineSoftmax {
     return move;
   }
 
+  // One row's sum over a tile, kept as 4 partial sums (see thread_row_max): x is the value of S
+  // register group j in column k (0, 1) of the thread's pair.
+  static __device__ __forceinline__ void add_to_partials(float (&sum)[4], int j, int k, float x) {
+    if (j < 2) {
+      sum[2 * j + k] = x;
+    } else {
+      sum[2 * (j % 2) + k] += x;
+    }
+  }
+  // Row r's running sum moves to the tile's max (alpha) and takes the tile's partial sums.
+  __device__ __forceinline__ void add_tile_sum(int r, float alpha, const float (&sum)[4]) {
+    row_sum[r] = row_sum[r] * alpha + ((sum[0] + sum[1]) + (sum[2] + sum[3]));
+  }
+
   // exp2(x * scale_log2 - base) for a value of S register group j: on the FMA pipes for every
   // kPolyExpPeriod-th group (poly_scale and poly_base are its operands, poly_exp2.cuh), else MUFU.
   static __device__ __forceinline__ float exp_of(float x, int j, float scale_log2, float base, float poly_scale,
@@ -134,15 +148,11 @@ struct OnlineSoftmax {
       for (int e = 0; e < 4; ++e) {
         float& x = s[4 * j + e];
         x = exp_of(x, j, scale_log2, base[e >> 1], poly_scale, poly_base[e >> 1]);
-        if (j < 2) {
-          sum[e >> 1][2 * j + (e & 1)] = x;
-        } else {
-          sum[e >> 1][2 * (j % 2) + (e & 1)] += x;
-        }
+        add_to_partials(sum[e >> 1], j, e & 1, x);
       }
     }
 #pragma unroll
-    for (int r = 0; r < 2; ++r) row_sum[r] = row_sum[r] * alpha[r] + ((sum[r][0] + sum[r][1]) + (sum[r][2] + sum[r][3]));
+    for (int r = 0; r < 2; ++r) add_tile_sum(r, alpha[r], sum[r]);
     if constexpr (kConditional) {
       return __any_sync(0xffffffffu, move[0] || move[1]);
     } else {
@@ -176,14 +186,10 @@ struct OnlineSoftmax {
         for (int e = 0; e < 2; ++e) {
           float& x = s[4 * j + 2 * r + e];
           x = exp_of(x, j, scale_log2, base, poly_scale, poly_base);
-          if (j < 2) {
-            sum[2 * j + e] = x;
-          } else {
-            sum[2 * (j % 2) + e] += x;
-          }
+          add_to_partials(sum, j, e, x);
         }
       }
-      row_sum[r] = row_sum[r] * alpha[r] + ((sum[0] + sum[1]) + (sum[2] + sum[3]));
+      add_tile_sum(r, alpha[r], sum);
       // Exactly -inf (the probabilities are finite; a NaN is ignored by fmaxf), which ptxas cannot
       // know: an exponential of group kGroups / 4 of row r.
       if (r == 0) token = fmaf(s[4 * (kGroups / 4)], 0.0f, -INFINITY);
