@@ -176,8 +176,9 @@ bool prefill_supported(DType dtype, int head_dim, bool paged) {
 constexpr int64_t kWideMinKeysPerSequence = 2048;
 constexpr int64_t kWideMinWorkTiles = 2048;
 
-int prefill_key_tile(const PrefillArgs& args, const PrefillOptions& options) {
-  options.validate();
+namespace {
+// prefill_key_tile for options that have been validated.
+int choose_key_tile(const PrefillArgs& args, const PrefillOptions& options) {
   const bool wide_exists = args.q.dtype == DType::kFp8E4M3 && args.q.ndim == 3 && args.q.size(2) == 128;
   if (options.key_tile == 256) {
     FP8KV_REQUIRE(wide_exists, "key_tile",
@@ -193,6 +194,12 @@ int prefill_key_tile(const PrefillArgs& args, const PrefillOptions& options) {
   const int64_t work_tiles = static_cast<int64_t>(grid_blocks(args.q.size(0), batch, Wide::kBlockM)) * args.q.size(1);
   return args.k.size(0) / batch >= kWideMinKeysPerSequence && work_tiles >= kWideMinWorkTiles ? 256 : 128;
 }
+}  // namespace
+
+int prefill_key_tile(const PrefillArgs& args, const PrefillOptions& options) {
+  options.validate();
+  return choose_key_tile(args, options);
+}
 
 void prefill(const PrefillArgs& args, const PrefillOptions& options, void* stream) {
   validate(args);
@@ -202,7 +209,7 @@ void prefill(const PrefillArgs& args, const PrefillOptions& options, void* strea
   const int head_dim = static_cast<int>(args.q.size(2));
   const int64_t total_q = args.q.size(0), total_k = args.k.size(0);
   const int64_t batch = args.cu_seqlens_q.size(0) - 1;
-  const KernelChoice k = require_kernel(args.q.dtype, head_dim, false, prefill_key_tile(args, options) == 256);
+  const KernelChoice k = require_kernel(args.q.dtype, head_dim, false, choose_key_tile(args, options) == 256);
   const int num_q_heads = static_cast<int>(args.q.size(1)), num_kv_heads = static_cast<int>(args.k.size(1));
   if (total_q == 0 || batch == 0) return;
   FP8KV_REQUIRE(total_k < (int64_t{1} << 31) && total_q < (int64_t{1} << 31), "q",
