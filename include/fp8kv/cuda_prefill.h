@@ -1,8 +1,8 @@
 // Prefill (context) attention on Hopper tensor cores, for tensors on a CUDA device.
 //
 // The kernels follow FlashAttention-3: TMA loads into a multi-stage shared-memory pipeline driven
-// by a producer warpgroup, two consumer warpgroups issuing wgmma (QGMMA for FP8, HGMMA for BF16),
-// FP32 online softmax, P quantised to FP8 for the P.V product, and V transposed in shared memory
+// by a producer warpgroup, two or three consumer warpgroups issuing wgmma (QGMMA for FP8, HGMMA for
+// BF16), FP32 online softmax, P quantised to FP8 for the P.V product, and V transposed in shared memory
 // because FP8 wgmma only reads K-major operands. They need an sm_90a device (H100/H200).
 //
 // Supported (everything else throws Unsupported or InvalidArgument naming the argument):
@@ -44,6 +44,11 @@ struct PrefillOptions {
   // instructions per key, but up to 128 more masked keys per query block on the causal diagonal
   // and coarser work tiles.
   int key_tile = 0;
+  // Query rows per CTA: 0 = chosen per launch (prefill_tiles), 128, or 192. 192 rows (three
+  // consumer warpgroups) exist for dense FP8 E4M3 prefill at head dim 128 with 128-key tiles
+  // (elsewhere 192 is an InvalidArgument): a third softmax warp per SM sub-partition hides more of
+  // the softmax's latency, but the query blocks are coarser.
+  int query_tile = 0;
   // Used by rope_quantize: multiply Q and K by the same random-sign Hadamard matrix
   // (H * diag(signs) / sqrt(head_dim)) before quantising, which spreads outlier channels over all
   // channels. Q.K is unchanged because the matrix is orthogonal; V is not rotated.
@@ -57,17 +62,29 @@ struct PrefillOptions {
                   one_level_max_keys);
     FP8KV_REQUIRE(key_tile == 0 || key_tile == 128 || key_tile == 256, "key_tile",
                   "must be 0 (chosen per launch), 128 or 256, got ", key_tile);
+    FP8KV_REQUIRE(query_tile == 0 || query_tile == 128 || query_tile == 192, "query_tile",
+                  "must be 0 (chosen per launch), 128 or 192, got ", query_tile);
+    FP8KV_REQUIRE(query_tile != 192 || key_tile != 256, "query_tile",
+                  "192-row query tiles go with 128-key tiles, got key_tile 256");
   }
 };
 
 // True if this build has a prefill kernel for the input dtype and head dim (dense or paged).
 bool prefill_supported(DType dtype, int head_dim, bool paged);
 
-// The keys per K/V tile that cuda::prefill(args, options) uses: options.key_tile if set, else 256
-// for FP8 E4M3 at head dim 128 with at least 2048 keys per sequence (total_k / batch) and at
-// least 2048 work tiles (128-row query blocks x query heads), else 128. The thresholds are
-// measured (H100, README "Prefill attention"): below them 128-key tiles were as fast or faster.
-// Throws InvalidArgument (naming "key_tile") for 256 where no such kernel exists.
+// The tiles cuda::prefill(args, options) uses: query rows per CTA x keys per K/V tile.
+struct PrefillTiles {
+  int query = 128;
+  int key = 128;
+};
+// Options that set a tile size are followed; what they leave at 0 is chosen. For FP8 E4M3 at head
+// dim 128 with at least 2048 keys per sequence (total_k / batch) and at least 2048 128-row query
+// blocks x query heads, the choice is 192 x 128 (or 128 x 256 if the options ask for 128-row
+// query tiles), else 128 x 128. The thresholds are measured (H100, README "Prefill attention"):
+// below them 128 x 128 tiles were as fast or faster.
+// Throws InvalidArgument (naming "key_tile" or "query_tile") for a size no kernel has here.
+PrefillTiles prefill_tiles(const PrefillArgs& args, const PrefillOptions& options = {});
+// prefill_tiles(args, options).key.
 int prefill_key_tile(const PrefillArgs& args, const PrefillOptions& options = {});
 
 // Dense variable-length attention. All tensors on the same CUDA device; `stream` is a cudaStream_t.

@@ -395,6 +395,7 @@ def prefill(
     two_level_accumulation: bool = True,
     one_level_max_keys: Optional[int] = None,
     key_tile: int = 0,
+    query_tile: int = 0,
     stream: Any = None,
 ) -> Any:
     """Dense variable-length attention (fresh prompts): ``q [total_q, num_q_heads, head_dim]``,
@@ -404,14 +405,15 @@ def prefill(
     Returns ``out [total_q, num_q_heads, head_dim]`` (bf16 after FP8 inputs in torch).
     ``two_level_accumulation`` and ``one_level_max_keys`` (>= 0; 0 = two-level in every thread
     block; None = the library's default, 512) are the CUDA FP8 kernel's ``PrefillOptions``, as is
-    ``key_tile`` (keys per K/V tile: 0 = chosen per launch, 128, or 256 for FP8 at head dim 128);
-    the CPU reference accumulates exactly."""
+    ``key_tile`` (keys per K/V tile: 0 = chosen per launch, 128, or 256 for FP8 at head dim 128)
+    and ``query_tile`` (query rows per thread block: 0 = chosen per launch, 128, or 192 for FP8 at
+    head dim 128 with 128-key tiles); the CPU reference accumulates exactly."""
     (q, k, v), fmt = _fp8_input((q, k, v), fp8_dtype, ("q", "k", "v"))
     if out is None:
         out = _empty(q, tuple(q.shape), _out_dtype(q, fmt is not None))
     _ext.prefill(q, k, v, cu_seqlens_q, cu_seqlens_k, out, _softmax_scale(q.shape[-1], softmax_scale), causal,
                  q_descale, k_descale, v_descale, fmt, two_level_accumulation, one_level_max_keys, key_tile,
-                 _stream(q, stream))
+                 query_tile, _stream(q, stream))
     return out
 
 

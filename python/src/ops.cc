@@ -110,11 +110,12 @@ void paged_decode(PyKvCache& cache, int layer, const Array& q, const Array& bloc
 // The CUDA prefill options from Python (None = the library's default), checked on every path: the
 // CPU reference has no such choices, but a bad value is an error there too.
 cuda::PrefillOptions prefill_options(bool two_level_accumulation, const std::optional<int>& one_level_max_keys,
-                                     int key_tile = 0) {
+                                     int key_tile = 0, int query_tile = 0) {
   cuda::PrefillOptions options;
   options.two_level_accumulation = two_level_accumulation;
   options.one_level_max_keys = one_level_max_keys.value_or(options.one_level_max_keys);
   options.key_tile = key_tile;
+  options.query_tile = query_tile;
   options.validate();
   return options;
 }
@@ -123,8 +124,9 @@ void prefill(const Array& q, const Array& k, const Array& v, const Array& cu_seq
              const Array& out, float softmax_scale, bool causal, const std::optional<Array>& q_descale,
              const std::optional<Array>& k_descale, const std::optional<Array>& v_descale,
              const std::optional<std::string>& fp8_dtype, bool two_level_accumulation,
-             const std::optional<int>& one_level_max_keys, int key_tile, uintptr_t stream) {
-  const cuda::PrefillOptions options = prefill_options(two_level_accumulation, one_level_max_keys, key_tile);
+             const std::optional<int>& one_level_max_keys, int key_tile, int query_tile, uintptr_t stream) {
+  const cuda::PrefillOptions options =
+      prefill_options(two_level_accumulation, one_level_max_keys, key_tile, query_tile);
   const std::optional<DType> fp8 = parse_fp8_dtype(fp8_dtype);
   PrefillArgs args;
   args.q = to_tensor(q, "q", fp8);
@@ -301,7 +303,8 @@ void bind_ops(nb::module_& m) {
         nb::arg("cu_seqlens_k"), nb::arg("out"), nb::arg("softmax_scale"), nb::arg("causal") = true,
         nb::arg("q_descale") = nb::none(), nb::arg("k_descale") = nb::none(), nb::arg("v_descale") = nb::none(),
         nb::arg("fp8_dtype") = nb::none(), nb::arg("two_level_accumulation") = true,
-        nb::arg("one_level_max_keys") = nb::none(), nb::arg("key_tile") = 0, nb::arg("stream") = 0);
+        nb::arg("one_level_max_keys") = nb::none(), nb::arg("key_tile") = 0, nb::arg("query_tile") = 0,
+        nb::arg("stream") = 0);
   m.def("paged_prefill", &paged_prefill, nb::arg("cache"), nb::arg("layer"), nb::arg("q"), nb::arg("block_tables"),
         nb::arg("cu_seqlens_q"), nb::arg("seq_lens"), nb::arg("out"), nb::arg("softmax_scale"),
         nb::arg("q_descale") = nb::none(), nb::arg("fp8_dtype") = nb::none(),

@@ -44,7 +44,8 @@ struct Options {
   bool sequential = false;  // time fp8kv's variants one after another instead of interleaved
   std::vector<std::string> only;  // keep points whose key contains one of these
   std::string peers_script = "bench/prefill_peers.py";
-  int key_tile = 0;  // PrefillOptions::key_tile of the FP8 runs
+  int key_tile = 0;    // PrefillOptions::key_tile of the FP8 runs
+  int query_tile = 0;  // PrefillOptions::query_tile of the FP8 runs
 };
 
 #if defined(FP8KV_WITH_CUDA)
@@ -112,14 +113,15 @@ std::vector<Point> bench_points(const Options& o) {
 
 struct Timings {
   double fp8_us = 0, fp8_one_level_us = 0, fp8_two_level_everywhere_us = 0, bf16_us = 0;
-  int fp8_key_tile = 0;      // keys per K/V tile of the kernel the FP8 options pick
-  double fp8_narrow_us = 0;  // 256-key default only: the default options with 128-key tiles
+  cuda::PrefillTiles fp8_tiles;  // the tiles of the kernel the FP8 options pick
+  double fp8_narrow_us = 0;      // where they are not 128 x 128: the default options with 128 x 128
+  double fp8_wide256_us = 0;     // where they are 192 x 128: the default options with 128 x 256
 };
 
 // Median µs of fp8kv's kernels on one point: batch equal-length sequences, packed. The four
-// variants (FP8 default, one-level, two-level everywhere, BF16), and where the FP8 options pick the
-// 256-key-tile kernel a fifth (the default with 128-key tiles), are timed interleaved, so that they
-// see the same clocks and temperature.
+// variants (FP8 default, one-level, two-level everywhere, BF16), and where the FP8 options pick
+// wider tiles than 128 x 128 the default options with 128 x 128 tiles (and, where they pick 192 x
+// 128, with 128 x 256), are timed interleaved, so that they see the same clocks and temperature.
 Timings time_fp8kv(const Point& p, const Options& o) {
   const int64_t total = static_cast<int64_t>(p.batch) * p.seq;
   const Shape& s = p.shape;
@@ -166,16 +168,21 @@ Timings time_fp8kv(const Point& p, const Options& o) {
   cuda::PrefillOptions two_level, one_level, everywhere;
   for (cuda::PrefillOptions* options : {&two_level, &one_level, &everywhere}) {
     options->key_tile = o.key_tile;
+    options->query_tile = o.query_tile;
   }
   one_level.two_level_accumulation = false;
   everywhere.one_level_max_keys = 0;
-  cuda::PrefillOptions narrow = two_level;
-  narrow.key_tile = 128;
-  const int key_tile = cuda::prefill_key_tile(a8, two_level);
+  cuda::PrefillOptions narrow = two_level, wide256 = two_level;
+  narrow.key_tile = narrow.query_tile = 128;
+  wide256.key_tile = 256;
+  wide256.query_tile = 0;
+  const cuda::PrefillTiles tiles = cuda::prefill_tiles(a8, two_level);
+  const bool is_narrow = tiles.query == 128 && tiles.key == 128, rows192 = tiles.query == 192;
   std::vector<std::function<void()>> variants = {
       [&] { cuda::prefill(a8, two_level); }, [&] { cuda::prefill(a8, one_level); },
       [&] { cuda::prefill(a8, everywhere); }, [&] { cuda::prefill(a16); }};
-  if (key_tile == 256) variants.push_back([&] { cuda::prefill(a8, narrow); });
+  if (!is_narrow) variants.push_back([&] { cuda::prefill(a8, narrow); });
+  if (rows192) variants.push_back([&] { cuda::prefill(a8, wide256); });
   std::vector<double> us;
   if (o.sequential) {
     for (const auto& fn : variants) us.push_back(cuda_bench::time_median_us(fn, o.warmup, o.repeats));
@@ -188,8 +195,9 @@ Timings time_fp8kv(const Point& p, const Options& o) {
   t.fp8_one_level_us = us[1];
   t.fp8_two_level_everywhere_us = us[2];
   t.bf16_us = us[3];
-  t.fp8_key_tile = key_tile;
-  if (key_tile == 256) t.fp8_narrow_us = us[4];
+  t.fp8_tiles = tiles;
+  if (!is_narrow) t.fp8_narrow_us = us[4];
+  if (rows192) t.fp8_wide256_us = us[5];
   return t;
 }
 
@@ -255,7 +263,8 @@ void run_bench(const Options& o) {
   j["method"] = "CUDA events, median of " + std::to_string(o.repeats) + " single runs after " +
                 std::to_string(o.warmup) + " warm-up runs, 256 MiB L2 flush before each; fp8kv's four variants " +
                 (o.sequential ? "timed one after another" : "interleaved run by run") +
-                "; fp8_narrow_us = the default FP8 options with 128-key tiles, where they pick 256-key tiles"
+                "; fp8_narrow_us = the default FP8 options with 128 x 128 tiles (query rows x keys), where they "
+                "pick wider ones; fp8_wide256_us = the same with 128 x 256 tiles, where they pick 192 x 128"
                 "; equal-length packed sequences; TFLOP/s = 4*batch*h_q*L^2*d (/2 causal) / time; fp8 = E4M3 Q/K/V "
                 "with per-tensor descales, bf16 out";
   std::string peer_status = "disabled (--no-peers)";
@@ -264,10 +273,10 @@ void run_bench(const Options& o) {
   j["peers"] = peer_status;
   std::cerr << "peers: " << peer_status << "\n";
 
-  std::cout << "| shape | bs | seq | d | causal | fp8 key tile | fp8 µs | fp8 TFLOP/s | fp8 128-key tiles µs | fp8 1-level µs | "
-               "fp8 2-level everywhere µs | bf16 µs | bf16 TFLOP/s | cudnn µs | flash µs | fp8/bf16 speedup | "
-               "fp8/cudnn speedup |\n"
-            << "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
+  std::cout << "| shape | bs | seq | d | causal | fp8 tiles | fp8 µs | fp8 TFLOP/s | fp8 128x128 µs | fp8 128x256 µs | "
+               "fp8 1-level µs | fp8 2-level everywhere µs | bf16 µs | bf16 TFLOP/s | cudnn µs | flash µs | "
+               "fp8/bf16 speedup | fp8/cudnn speedup |\n"
+            << "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
   j["results"] = nlohmann::json::array();
   for (const Point& p : points) {
     const Timings t = time_fp8kv(p, o);
@@ -285,8 +294,9 @@ void run_bench(const Options& o) {
                         {"fp8_two_level_everywhere_tflops", f / t.fp8_two_level_everywhere_us * 1e-6},
                         {"bf16_us", t.bf16_us},
                         {"bf16_tflops", f / t.bf16_us * 1e-6}, {"fp8_over_bf16_speedup", t.bf16_us / t.fp8_us},
-                        {"fp8_key_tile", t.fp8_key_tile}};
+                        {"fp8_key_tile", t.fp8_tiles.key}, {"fp8_query_tile", t.fp8_tiles.query}};
     if (t.fp8_narrow_us > 0) r["fp8_narrow_us"] = t.fp8_narrow_us;
+    if (t.fp8_wide256_us > 0) r["fp8_wide256_us"] = t.fp8_wide256_us;
     if (cudnn > 0) {
       r["cudnn_us"] = cudnn;
       r["cudnn_tflops"] = f / cudnn * 1e-6;
@@ -298,8 +308,9 @@ void run_bench(const Options& o) {
     }
     j["results"].push_back(r);
     std::cout << "| " << p.shape.name << " | " << p.batch << " | " << p.seq << " | " << p.shape.head_dim << " | "
-              << (p.causal ? "yes" : "no") << " | " << t.fp8_key_tile << " | " << fmt(t.fp8_us) << " | "
-              << fmt(f / t.fp8_us * 1e-6) << " | " << fmt(t.fp8_narrow_us) << " | " << fmt(t.fp8_one_level_us) << " | " << fmt(t.fp8_two_level_everywhere_us) << " | " << fmt(t.bf16_us) << " | " << fmt(f / t.bf16_us * 1e-6) << " | "
+              << (p.causal ? "yes" : "no") << " | " << t.fp8_tiles.query << "x" << t.fp8_tiles.key << " | "
+              << fmt(t.fp8_us) << " | " << fmt(f / t.fp8_us * 1e-6) << " | " << fmt(t.fp8_narrow_us) << " | "
+              << fmt(t.fp8_wide256_us) << " | " << fmt(t.fp8_one_level_us) << " | " << fmt(t.fp8_two_level_everywhere_us) << " | " << fmt(t.bf16_us) << " | " << fmt(f / t.bf16_us * 1e-6) << " | "
               << fmt(cudnn) << " | " << fmt(flash) << " | " << fmt(t.bf16_us / t.fp8_us, 2) << " | "
               << (cudnn > 0 ? fmt(cudnn / t.fp8_us, 2) : "-") << " |" << std::endl;
   }
@@ -331,6 +342,10 @@ void register_bench_prefill(CLI::App& bench) {
   cmd->add_option("--key-tile", options->key_tile,
                   "PrefillOptions::key_tile of the FP8 runs: 0 = chosen per launch, 128, 256 (head dim 128 only)")
       ->check(CLI::IsMember({0, 128, 256}))
+      ->capture_default_str();
+  cmd->add_option("--query-tile", options->query_tile,
+                  "PrefillOptions::query_tile of the FP8 runs: 0 = chosen per launch, 128, 192 (head dim 128 only)")
+      ->check(CLI::IsMember({0, 128, 192}))
       ->capture_default_str();
   cmd->callback([options] { run_bench(*options); });
 }

@@ -38,14 +38,18 @@ KernelChoice choice_of() {
 
 // The one list of kernels this build has; supported(), dispatch and the benchmark all ask here.
 // Returns launch = nullptr for an unsupported combination.
-// `wide` (dense FP8 head dim 128): the kernel with 256-key tiles (prefill_key_tile).
-KernelChoice select_kernel(DType dtype, int head_dim, bool paged, bool wide = false) {
+// `tiles` (dense FP8 head dim 128; prefill_tiles): 128 x 256 and 192 x 128 have kernels of their
+// own; every other kernel is 128 x 128.
+KernelChoice select_kernel(DType dtype, int head_dim, bool paged, PrefillTiles tiles = {}) {
   using sm90::ElementBf16;
   using sm90::ElementE4M3;
   using sm90::PrefillTraits;
   if (dtype == DType::kFp8E4M3) {
-    if (head_dim == 128 && !paged && wide) {
+    if (head_dim == 128 && !paged && tiles.key == 256) {
       return choice_of<PrefillTraits<ElementE4M3, 128, false, 256>>();
+    }
+    if (head_dim == 128 && !paged && tiles.query == 192) {
+      return choice_of<PrefillTraits<ElementE4M3, 128, false, 128, 3>>();
     }
     if (head_dim == 128) return paged ? choice_of<PrefillTraits<ElementE4M3, 128, true>>()
                                       : choice_of<PrefillTraits<ElementE4M3, 128, false>>();
@@ -59,8 +63,8 @@ KernelChoice select_kernel(DType dtype, int head_dim, bool paged, bool wide = fa
   return KernelChoice{nullptr, 0, 0, 0, CU_TENSOR_MAP_SWIZZLE_NONE};
 }
 
-KernelChoice require_kernel(DType dtype, int head_dim, bool paged, bool wide = false) {
-  const KernelChoice c = select_kernel(dtype, head_dim, paged, wide);
+KernelChoice require_kernel(DType dtype, int head_dim, bool paged, PrefillTiles tiles = {}) {
+  const KernelChoice c = select_kernel(dtype, head_dim, paged, tiles);
   if (c.launch == nullptr) {
     throw Unsupported(std::string(paged ? "paged_prefill" : "prefill") + " with " + dtype_name(dtype) +
                       " inputs and head_dim " + std::to_string(head_dim) +
@@ -172,33 +176,46 @@ bool prefill_supported(DType dtype, int head_dim, bool paged) {
 
 // H100 (2026-11-25, bench prefill, both tile widths in one run): 256-key tiles were 2.6-6.1% faster
 // at Qwen3-0.6B/8B batch 4 and 8 x 4096 and 4.7-6.5% at 16k (2048-4096 work tiles), but (an earlier
-// run) 2% slower at Qwen3-8B 1 x 4096 (1024 work tiles) and 8% at Qwen3-0.6B 1 x 4096 (512).
+// run) 2% slower at Qwen3-8B 1 x 4096 (1024 work tiles) and 8% at Qwen3-0.6B 1 x 4096 (512). The
+// 192 x 128 kernel took over the same shapes (fourteenth session: 3-5% faster than 128 x 256 at
+// 16k and Qwen3-8B 4 x 4096, level at Qwen3-0.6B 8 x 4096).
 constexpr int64_t kWideMinKeysPerSequence = 2048;
-constexpr int64_t kWideMinWorkTiles = 2048;
+constexpr int64_t kWideMinWorkTiles = 2048;  // 128-row query blocks x query heads
 
 namespace {
-// prefill_key_tile for options that have been validated.
-int choose_key_tile(const PrefillArgs& args, const PrefillOptions& options) {
-  const bool wide_exists = args.q.dtype == DType::kFp8E4M3 && args.q.ndim == 3 && args.q.size(2) == 128;
+// prefill_tiles for options that have been validated.
+PrefillTiles choose_tiles(const PrefillArgs& args, const PrefillOptions& options) {
+  const bool fp8_d128 = args.q.dtype == DType::kFp8E4M3 && args.q.ndim == 3 && args.q.size(2) == 128;
   if (options.key_tile == 256) {
-    FP8KV_REQUIRE(wide_exists, "key_tile",
+    FP8KV_REQUIRE(fp8_d128, "key_tile",
                   "256-key tiles exist for FP8 E4M3 prefill at head dim 128 only (dense, not paged)");
-    return 256;
+    return PrefillTiles{128, 256};
   }
-  if (options.key_tile == 128 || !wide_exists || args.k.ndim < 1 || args.cu_seqlens_q.ndim != 1 ||
-      args.cu_seqlens_q.size(0) < 2) {
-    return 128;
+  if (options.query_tile == 192) {
+    FP8KV_REQUIRE(fp8_d128, "query_tile",
+                  "192-row query tiles exist for FP8 E4M3 prefill at head dim 128 only (dense, not paged)");
+    return PrefillTiles{192, 128};
+  }
+  const PrefillTiles narrow{128, 128};
+  if ((options.key_tile == 128 && options.query_tile == 128) || !fp8_d128 || args.k.ndim < 1 ||
+      args.cu_seqlens_q.ndim != 1 || args.cu_seqlens_q.size(0) < 2) {
+    return narrow;
   }
   const int64_t batch = args.cu_seqlens_q.size(0) - 1;
-  using Wide = sm90::PrefillTraits<sm90::ElementE4M3, 128, false, 256>;
-  const int64_t work_tiles = static_cast<int64_t>(grid_blocks(args.q.size(0), batch, Wide::kBlockM)) * args.q.size(1);
-  return args.k.size(0) / batch >= kWideMinKeysPerSequence && work_tiles >= kWideMinWorkTiles ? 256 : 128;
+  const int64_t work_tiles = static_cast<int64_t>(grid_blocks(args.q.size(0), batch, 128)) * args.q.size(1);
+  if (args.k.size(0) / batch < kWideMinKeysPerSequence || work_tiles < kWideMinWorkTiles) return narrow;
+  if (options.query_tile == 0) return PrefillTiles{192, 128};
+  return options.key_tile == 0 ? PrefillTiles{128, 256} : narrow;
 }
 }  // namespace
 
-int prefill_key_tile(const PrefillArgs& args, const PrefillOptions& options) {
+PrefillTiles prefill_tiles(const PrefillArgs& args, const PrefillOptions& options) {
   options.validate();
-  return choose_key_tile(args, options);
+  return choose_tiles(args, options);
+}
+
+int prefill_key_tile(const PrefillArgs& args, const PrefillOptions& options) {
+  return prefill_tiles(args, options).key;
 }
 
 void prefill(const PrefillArgs& args, const PrefillOptions& options, void* stream) {
@@ -209,7 +226,7 @@ void prefill(const PrefillArgs& args, const PrefillOptions& options, void* strea
   const int head_dim = static_cast<int>(args.q.size(2));
   const int64_t total_q = args.q.size(0), total_k = args.k.size(0);
   const int64_t batch = args.cu_seqlens_q.size(0) - 1;
-  const KernelChoice k = require_kernel(args.q.dtype, head_dim, false, choose_key_tile(args, options) == 256);
+  const KernelChoice k = require_kernel(args.q.dtype, head_dim, false, choose_tiles(args, options));
   const int num_q_heads = static_cast<int>(args.q.size(1)), num_kv_heads = static_cast<int>(args.k.size(1));
   if (total_q == 0 || batch == 0) return;
   FP8KV_REQUIRE(total_k < (int64_t{1} << 31) && total_q < (int64_t{1} << 31), "q",
@@ -245,6 +262,8 @@ void paged_prefill(const PagedPrefillArgs& args, const PrefillOptions& options, 
   options.validate();
   FP8KV_REQUIRE(options.key_tile != 256, "key_tile",
                 "paged_prefill has 128-key tiles only (256-key tiles are for dense FP8 prefill at head dim 128)");
+  FP8KV_REQUIRE(options.query_tile != 192, "query_tile",
+                "paged_prefill has 128-row query tiles only (192-row tiles are for dense FP8 prefill at head dim 128)");
   check_cuda_tensor(args.q, "q");
   FP8KV_REQUIRE(args.out.dtype == DType::kBFloat16, "out", "cuda::paged_prefill writes bfloat16, got ",
                 dtype_name(args.out.dtype));

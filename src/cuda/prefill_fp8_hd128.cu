@@ -5,4 +5,5 @@ namespace fp8kv::cuda::sm90 {
 template void launch_prefill<PrefillTraits<ElementE4M3, 128, false>>(const PrefillParams&, int, cudaStream_t);
 template void launch_prefill<PrefillTraits<ElementE4M3, 128, true>>(const PrefillParams&, int, cudaStream_t);
 template void launch_prefill<PrefillTraits<ElementE4M3, 128, false, 256>>(const PrefillParams&, int, cudaStream_t);
+template void launch_prefill<PrefillTraits<ElementE4M3, 128, false, 128, 3>>(const PrefillParams&, int, cudaStream_t);
 }  // namespace fp8kv::cuda::sm90

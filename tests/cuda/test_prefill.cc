@@ -4,7 +4,9 @@
 #include <gtest/gtest.h>
 
 #include <cstdio>
+#include <string>
 
+#include "common/expect_error.h"
 #include "cuda/test_prefill_common.h"
 #include "fp8kv/error.h"
 
@@ -50,27 +52,23 @@ TEST(CudaPrefill, Bf16LengthsHeadDimsGqaCausal) {
   run_lengths(DType::kBFloat16, DescaleMode::kNone);
 }
 
-// The FP8 head-dim-128 kernel with 256-key tiles, which prefill_key_tile picks for long sequences
-// with enough work tiles (the 16384 case above, hq = 16, 2048 of them, uses it), here forced on
-// every shape: lengths
-// around one and two tiles, varlen batches with prefixes, GQA, causal and not, and the three
-// accumulation modes.
-TEST(CudaPrefill, Fp8WideTilesEveryShape) {
-  FP8KV_REQUIRE_GPU();
+// An FP8 head-dim-128 kernel with tiles wider than 128 x 128 (`tiles`: the options that force it),
+// on every shape: lengths around one and two tiles, varlen batches with prefixes, GQA, causal and
+// not, and the three accumulation modes.
+void wide_kernel_every_shape(const cuda::PrefillOptions& tiles, const char* label) {
   const int gqa[] = {1, 2, 4, 8};
   int index = 0;
   for (int len : {1, 63, 65, 255, 256, 257, 511, 1000, 3000}) {
     for (bool causal : {true, false}) {
       const int ratio = gqa[index++ % 4];
       const int hk = 2, hq = hk * ratio;
-      SCOPED_TRACE(::testing::Message() << "wide len=" << len << " causal=" << causal << " hq=" << hq);
-      cuda::PrefillOptions options;
-      options.key_tile = 256;
+      SCOPED_TRACE(::testing::Message() << label << " len=" << len << " causal=" << causal << " hq=" << hq);
+      cuda::PrefillOptions options = tiles;
       const DenseProblem p = make_dense_problem({len}, {len}, hq, hk, 128, causal, DType::kFp8E4M3,
                                                 DescaleMode::kPerTensor, test_seed());
       const ErrorReport e = check_dense(p, len > 1024 ? 256 : 0, options);
-      std::printf("[prefill wide] len=%d causal=%d hq=%d hk=%d: rel err %.3e (naive %.3e)\n", len, causal ? 1 : 0, hq,
-                  hk, e.gpu, e.naive);
+      std::printf("[prefill %s] len=%d causal=%d hq=%d hk=%d: rel err %.3e (naive %.3e)\n", label, len,
+                  causal ? 1 : 0, hq, hk, e.gpu, e.naive);
       expect_within_bound(e);
     }
   }
@@ -78,21 +76,37 @@ TEST(CudaPrefill, Fp8WideTilesEveryShape) {
     for (bool two_level : {true, false}) {
       for (int one_level_max_keys : {0, 512}) {
         if (!two_level && one_level_max_keys == 0) continue;
-        SCOPED_TRACE(::testing::Message() << "wide varlen causal=" << causal << " two_level=" << two_level
+        SCOPED_TRACE(::testing::Message() << label << " varlen causal=" << causal << " two_level=" << two_level
                                           << " one_level_max_keys=" << one_level_max_keys);
-        cuda::PrefillOptions options;
-        options.key_tile = 256;
+        cuda::PrefillOptions options = tiles;
         options.two_level_accumulation = two_level;
         options.one_level_max_keys = one_level_max_keys;
         const DenseProblem p = make_dense_problem(kVarlenQ, kVarlenPrefixedK, 8, 2, 128, causal, DType::kFp8E4M3,
                                                   DescaleMode::kPerHead, test_seed());
         const ErrorReport e = check_dense(p, 0, options);
-        std::printf("[prefill wide varlen] causal=%d two_level=%d one_level_max_keys=%d: rel err %.3e (naive %.3e)\n",
-                    causal ? 1 : 0, two_level ? 1 : 0, one_level_max_keys, e.gpu, e.naive);
+        std::printf("[prefill %s varlen] causal=%d two_level=%d one_level_max_keys=%d: rel err %.3e (naive %.3e)\n",
+                    label, causal ? 1 : 0, two_level ? 1 : 0, one_level_max_keys, e.gpu, e.naive);
         expect_within_bound(e);
       }
     }
   }
+}
+
+// 128 x 256 tiles (key_tile 256).
+TEST(CudaPrefill, Fp8WideTilesEveryShape) {
+  FP8KV_REQUIRE_GPU();
+  cuda::PrefillOptions tiles;
+  tiles.key_tile = 256;
+  wide_kernel_every_shape(tiles, "wide");
+}
+
+// 192 x 128 tiles (three consumer warpgroups), which prefill_tiles picks for long sequences with
+// enough query blocks (the 16384 case above, hq = 16, uses it).
+TEST(CudaPrefill, Fp8ThreeWarpgroupTilesEveryShape) {
+  FP8KV_REQUIRE_GPU();
+  cuda::PrefillOptions tiles;
+  tiles.query_tile = 192;
+  wide_kernel_every_shape(tiles, "192 rows");
 }
 
 TEST(CudaPrefill, VarlenMixedLengthsAndPrefixes) {
@@ -259,47 +273,46 @@ TEST(CudaPrefill, RejectsUnsupportedAndBadArguments) {
   EXPECT_THROW(cuda::prefill(a), Unsupported);  // E5M2 inputs have no kernel
   a.q.dtype = a.k.dtype = a.v.dtype = DType::kFp8E4M3;
   a.out = buf.tensor(DType::kFloat16, {4, 2, 128});
-  try {
-    cuda::prefill(a);
-    ADD_FAILURE() << "fp16 output accepted";
-  } catch (const InvalidArgument& e) {
-    EXPECT_EQ(e.argument(), "out");
-  }
+  expect_invalid_argument([&] { cuda::prefill(a); }, "out");
   a.out = buf.tensor(DType::kBFloat16, {4, 2, 128});
-  cuda::PrefillOptions negative;
-  negative.one_level_max_keys = -1;
-  try {
-    cuda::prefill(a, negative);
-    ADD_FAILURE() << "negative one_level_max_keys accepted";
-  } catch (const InvalidArgument& e) {
-    EXPECT_EQ(e.argument(), "one_level_max_keys");
-  }
+  auto with = [](auto set) {
+    cuda::PrefillOptions options;
+    set(options);
+    return options;
+  };
+  const cuda::PrefillOptions negative = with([](cuda::PrefillOptions& o) { o.one_level_max_keys = -1; });
+  expect_invalid_argument([&] { cuda::prefill(a, negative); }, "one_level_max_keys");
   for (int key_tile : {64, 512}) {
-    cuda::PrefillOptions bad_tile;
-    bad_tile.key_tile = key_tile;
-    try {
-      cuda::prefill(a, bad_tile);
-      ADD_FAILURE() << "key_tile " << key_tile << " accepted";
-    } catch (const InvalidArgument& e) {
-      EXPECT_EQ(e.argument(), "key_tile");
-    }
+    const cuda::PrefillOptions bad = with([&](cuda::PrefillOptions& o) { o.key_tile = key_tile; });
+    expect_invalid_argument([&] { cuda::prefill(a, bad); }, "key_tile", {std::to_string(key_tile)});
   }
   // 256-key tiles at head dim 64: no such kernel, an error rather than another tile width.
-  cuda::PrefillOptions wide;
-  wide.key_tile = 256;
+  const cuda::PrefillOptions wide = with([](cuda::PrefillOptions& o) { o.key_tile = 256; });
   PrefillArgs d64 = a;
   d64.q = buf.tensor(DType::kFp8E4M3, {4, 2, 64});
   d64.k = buf.tensor(DType::kFp8E4M3, {4, 2, 64});
   d64.v = buf.tensor(DType::kFp8E4M3, {4, 2, 64});
   d64.out = buf.tensor(DType::kBFloat16, {4, 2, 64});
-  try {
-    cuda::prefill(d64, wide);
-    ADD_FAILURE() << "key_tile 256 accepted at head dim 64";
-  } catch (const InvalidArgument& e) {
-    EXPECT_EQ(e.argument(), "key_tile");
-  }
+  expect_invalid_argument([&] { cuda::prefill(d64, wide); }, "key_tile", {"head dim 128"});
   EXPECT_EQ(cuda::prefill_key_tile(a, wide), 256);
   EXPECT_EQ(cuda::prefill_key_tile(a), 128);  // 4 keys: far below the thresholds
+  // Query tiles: only 128 and 192, 192 only with 128-key tiles and at head dim 128.
+  for (int query_tile : {64, 256}) {
+    const cuda::PrefillOptions bad = with([&](cuda::PrefillOptions& o) { o.query_tile = query_tile; });
+    expect_invalid_argument([&] { cuda::prefill(a, bad); }, "query_tile", {std::to_string(query_tile)});
+  }
+  const cuda::PrefillOptions rows192 = with([](cuda::PrefillOptions& o) { o.query_tile = 192; });
+  const cuda::PrefillOptions rows192_wide = with([](cuda::PrefillOptions& o) {
+    o.query_tile = 192;
+    o.key_tile = 256;
+  });
+  expect_invalid_argument([&] { cuda::prefill(a, rows192_wide); }, "query_tile", {"128-key tiles"});
+  expect_invalid_argument([&] { cuda::prefill(d64, rows192); }, "query_tile", {"head dim 128"});
+  const cuda::PrefillTiles forced = cuda::prefill_tiles(a, rows192), narrow = cuda::prefill_tiles(a);
+  EXPECT_EQ(forced.query, 192);
+  EXPECT_EQ(forced.key, 128);
+  EXPECT_EQ(narrow.query, 128);
+  EXPECT_EQ(narrow.key, 128);
 }
 
 }  // namespace

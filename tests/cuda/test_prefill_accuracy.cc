@@ -75,8 +75,25 @@ struct Fa3Rmse {
   double bf16, fp8_two, fp8_one, inc_two, inc_one;
 };
 
-// `key_tile`: PrefillOptions::key_tile of the FP8 runs (0 = chosen per launch: 128 at this size).
-Fa3Rmse fa3_experiment_draw(int len, int heads, int d, int rows, uint64_t seed, int key_tile) {
+// The FP8 kernel a test runs: PrefillOptions' tile sizes (0 = chosen per launch; at these tests'
+// sizes that is 128 x 128) and the query rows x keys they give.
+struct Tiles {
+  int query_tile, key_tile;
+  const char* label;
+  int query() const { return query_tile == 0 ? 128 : query_tile; }
+  int key() const { return key_tile == 0 ? 128 : key_tile; }
+  cuda::PrefillOptions options() const {
+    cuda::PrefillOptions o;
+    o.query_tile = query_tile;
+    o.key_tile = key_tile;
+    return o;
+  }
+};
+constexpr Tiles kChosenTiles{0, 0, "chosen per launch (128 x 128)"};
+constexpr Tiles kWideTiles{0, 256, "128 x 256"};
+constexpr Tiles kRows192Tiles{192, 0, "192 x 128"};
+
+Fa3Rmse fa3_experiment_draw(int len, int heads, int d, int rows, uint64_t seed, const Tiles& tiles) {
   const size_t n = static_cast<size_t>(len) * heads * d;
   const std::vector<float> q = fa3_inputs(n, seed), k = fa3_inputs(n, seed + 1), v = fa3_inputs(n, seed + 2);
   const std::vector<float> exact = exact_last_rows(q, k, v, len, heads, d, rows);
@@ -118,8 +135,7 @@ Fa3Rmse fa3_experiment_draw(int len, int heads, int d, int rows, uint64_t seed, 
     cuda::quantize_heads(vb.tensor(DType::kBFloat16, {len, heads, d}), v8.tensor(DType::kFp8E4M3, {len, heads, d}),
                          vs.tensor(DType::kFloat32, {1}), false, 0);
   };
-  cuda::PrefillOptions two, one;
-  two.key_tile = one.key_tile = key_tile;
+  cuda::PrefillOptions two = tiles.options(), one = tiles.options();
   one.two_level_accumulation = false;
   Fa3Rmse r{};
   r.bf16 = run(DType::kBFloat16, {});
@@ -132,8 +148,8 @@ Fa3Rmse fa3_experiment_draw(int len, int heads, int d, int rows, uint64_t seed, 
   return r;
 }
 
-// The experiment with the FP8 kernel of `key_tile` keys per K/V tile, recorded under `name`.
-void fa3_experiment(int key_tile, const char* name) {
+// The experiment with the FP8 kernel of `tiles`, recorded under `name`.
+void fa3_experiment(const Tiles& tiles, const char* name) {
   const int len = 4096, heads = 4, d = 128, rows = 256;
   // About 0.4 s a draw, mostly the float64 reference; 64 draws put the pooled RMSEs within a few
   // percent of their expectation.
@@ -143,7 +159,7 @@ void fa3_experiment(int key_tile, const char* name) {
   Fa3Rmse sq{};
   double inc_min = INFINITY, inc_max = 0.0, fp8_min = INFINITY, fp8_max = 0.0;
   for (int draw = 0; draw < kDraws; ++draw) {
-    const Fa3Rmse r = fa3_experiment_draw(len, heads, d, rows, test_seed(), key_tile);
+    const Fa3Rmse r = fa3_experiment_draw(len, heads, d, rows, test_seed(), tiles);
     inc_min = std::min(inc_min, r.inc_two);
     inc_max = std::max(inc_max, r.inc_two);
     fp8_min = std::min(fp8_min, r.fp8_two);
@@ -156,16 +172,16 @@ void fa3_experiment(int key_tile, const char* name) {
   }
   const double bf16 = std::sqrt(sq.bf16), fp8_two = std::sqrt(sq.fp8_two), fp8_one = std::sqrt(sq.fp8_one);
   const double inc_two = std::sqrt(sq.inc_two), inc_one = std::sqrt(sq.inc_one);
-  std::printf("[accuracy] FA3 experiment, FP8 key tile %s (seq %d, %d heads, d %d, last %d rows, %d draws, pooled RMSE "
+  std::printf("[accuracy] FA3 experiment, FP8 tiles %s (seq %d, %d heads, d %d, last %d rows, %d draws, pooled RMSE "
               "vs float64):\n"
               "  bf16                      %.3e\n"
               "  fp8 per-tensor, two-level %.3e   one-level %.3e   (FA3: 2.4e-2)\n"
               "  fp8 incoherent, two-level %.3e   one-level %.3e   (FA3: 9.1e-3)\n"
               "  single draws, two-level: per-tensor %.3e to %.3e, incoherent %.3e to %.3e\n",
-              key_tile == 0 ? "chosen per launch (128)" : "256", len, heads, d, rows, kDraws, bf16, fp8_two, fp8_one,
+              tiles.label, len, heads, d, rows, kDraws, bf16, fp8_two, fp8_one,
               inc_two, inc_one, fp8_min, fp8_max, inc_min, inc_max);
   results()[name] = {
-      {"fp8_key_tile", key_tile == 0 ? 128 : key_tile},
+      {"fp8_key_tile", tiles.key()}, {"fp8_query_tile", tiles.query()},
       {"seq", len}, {"heads", heads}, {"head_dim", d}, {"rows_checked", rows}, {"draws", kDraws},
       {"bf16_rmse", bf16},
       {"fp8_per_tensor_two_level_rmse", fp8_two}, {"fp8_per_tensor_one_level_rmse", fp8_one},
@@ -182,18 +198,24 @@ void fa3_experiment(int key_tile, const char* name) {
 
 TEST(CudaPrefillAccuracy, FlashAttention3OutlierExperiment) {
   FP8KV_REQUIRE_GPU();
-  fa3_experiment(0, "fa3_outlier_experiment");
+  fa3_experiment(kChosenTiles, "fa3_outlier_experiment");
 }
 
-// The same with the 256-key-tile kernel, which prefill_key_tile picks for long sequences with
-// many heads (its two-level fold is every 256 keys instead of every 512).
+// The same with the 128 x 256 kernel (its two-level fold is every 256 keys instead of every 512).
 TEST(CudaPrefillAccuracy, FlashAttention3OutlierExperimentWideTiles) {
   FP8KV_REQUIRE_GPU();
-  fa3_experiment(256, "fa3_outlier_experiment_256_key_tiles");
+  fa3_experiment(kWideTiles, "fa3_outlier_experiment_256_key_tiles");
 }
 
-// Retrieval with the FP8 kernel of `key_tile` keys per K/V tile, recorded under `name`.
-void long_context_retrieval(int key_tile, const char* name) {
+// And with the 192 x 128 kernel, which prefill_tiles picks for long sequences with many heads (its
+// two-level fold is every 128 keys).
+TEST(CudaPrefillAccuracy, FlashAttention3OutlierExperiment192RowTiles) {
+  FP8KV_REQUIRE_GPU();
+  fa3_experiment(kRows192Tiles, "fa3_outlier_experiment_192_row_tiles");
+}
+
+// Retrieval with the FP8 kernel of `tiles`, recorded under `name`.
+void long_context_retrieval(const Tiles& tiles, const char* name) {
   const int rows = 128, d = 128;
   nlohmann::json& out_json = results()[name];
   for (int keys : {512, 1024, 32768, 65536, 131072}) {
@@ -255,10 +277,9 @@ void long_context_retrieval(int key_tile, const char* name) {
     double everywhere_err = 0;
     for (const Mode mode : {Mode{"two_level", true, 0}, Mode{"default", true, defaults.one_level_max_keys},
                             Mode{"one_level", false, defaults.one_level_max_keys}}) {
-      cuda::PrefillOptions options;
+      cuda::PrefillOptions options = tiles.options();
       options.two_level_accumulation = mode.two_level;
       options.one_level_max_keys = mode.one_level_max_keys;
-      options.key_tile = key_tile;
       const std::vector<float> gpu = run_dense_on_gpu(p, options);
       const double err = relative_l2_error(gpu, ref);
       // How much of the planted value came back: cosine between each output row and its value.
@@ -274,9 +295,9 @@ void long_context_retrieval(int key_tile, const char* name) {
         }
         worst_cos = std::min(worst_cos, dot / std::sqrt(nn * vv));
       }
-      std::printf("[retrieval] key tile %d, keys=%d %s: rel err vs float64 %.3e, worst cosine to planted value "
+      std::printf("[retrieval] tiles %s, keys=%d %s: rel err vs float64 %.3e, worst cosine to planted value "
                   "%.5f\n",
-                  key_tile == 0 ? 128 : key_tile, keys, mode.name, err, worst_cos);
+                  tiles.label, keys, mode.name, err, worst_cos);
       entry[mode.name] = {{"rel_l2_error", err}, {"worst_cosine", worst_cos}};
       EXPECT_EQ(count_nan(gpu), 0u);
       if (mode.two_level && mode.one_level_max_keys == 0) {
@@ -295,12 +316,17 @@ void long_context_retrieval(int key_tile, const char* name) {
 
 TEST(CudaPrefillAccuracy, LongContextRetrieval) {
   FP8KV_REQUIRE_GPU();
-  long_context_retrieval(0, "long_context_retrieval");
+  long_context_retrieval(kChosenTiles, "long_context_retrieval");
 }
 
 TEST(CudaPrefillAccuracy, LongContextRetrievalWideTiles) {
   FP8KV_REQUIRE_GPU();
-  long_context_retrieval(256, "long_context_retrieval_256_key_tiles");
+  long_context_retrieval(kWideTiles, "long_context_retrieval_256_key_tiles");
+}
+
+TEST(CudaPrefillAccuracy, LongContextRetrieval192RowTiles) {
+  FP8KV_REQUIRE_GPU();
+  long_context_retrieval(kRows192Tiles, "long_context_retrieval_192_row_tiles");
 }
 
 }  // namespace

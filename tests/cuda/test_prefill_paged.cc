@@ -10,6 +10,7 @@
 #include <numeric>
 #include <random>
 
+#include "common/expect_error.h"
 #include "cuda/test_prefill_common.h"
 #include "fp8kv/error.h"
 
@@ -238,19 +239,16 @@ TEST(CudaPagedPrefill, GqaRatiosAndLongPrefix) {
   }
 }
 
-// 256-key tiles exist for dense prefill only: asking paged_prefill for them is an error, not a
-// silent 128.
+// 256-key and 192-row tiles exist for dense prefill only: asking paged_prefill for them is an
+// error, not a silent 128.
 TEST(CudaPagedPrefill, RejectsWideKeyTiles) {
   FP8KV_REQUIRE_GPU();
   const PagedProblem p = make_paged({17}, {300}, 4, 2, 128, 16, ScaleGranularity::kPerTensor, test_seed());
-  cuda::PrefillOptions wide;
+  cuda::PrefillOptions wide, rows192;
   wide.key_tile = 256;
-  try {
-    check_paged(p, wide);
-    ADD_FAILURE() << "paged_prefill accepted key_tile 256";
-  } catch (const InvalidArgument& e) {
-    EXPECT_EQ(e.argument(), "key_tile");
-  }
+  rows192.query_tile = 192;
+  expect_invalid_argument([&] { check_paged(p, wide); }, "key_tile");
+  expect_invalid_argument([&] { check_paged(p, rows192); }, "query_tile");
 }
 
 // rope_quantize: Q codes and scales vs the reference's RoPE + per-group quantisation (exact up to

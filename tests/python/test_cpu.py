@@ -272,6 +272,14 @@ def test_prefill_rejects_unknown_key_tile():
         fp8kv.prefill(q, k, v, cu_q, cu_k, key_tile=64)
 
 
+def test_prefill_rejects_unknown_query_tile():
+    q, k, v, cu_q, cu_k = varlen(rng(5), [3], [3], 2, 2, 64)
+    with pytest.raises(fp8kv.InvalidArgument, match="query_tile"):
+        fp8kv.prefill(q, k, v, cu_q, cu_k, query_tile=64)
+    with pytest.raises(fp8kv.InvalidArgument, match="query_tile"):
+        fp8kv.prefill(q, k, v, cu_q, cu_k, query_tile=192, key_tile=256)
+
+
 @pytest.mark.parametrize("fp8_dtype", ["fp8_e4m3", "fp8_e5m2"])
 def test_fp8_prefill_matches_numpy(fp8_dtype):
     gen = rng(31)

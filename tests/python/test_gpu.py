@@ -229,9 +229,10 @@ def test_fp8_prefill_accepts_torch_float8_and_matches_sdpa():
     exact = sdpa_varlen(up(qf, qs, HQ), up(kf, ks, HK), up(vf, vs, HK), cu_q, cu_k, True)
     # P is quantised to FP8 for P.V (as in FA3): bounded by a normalised error.
     assert rel(out, exact) < 3e-2
-    # Both K/V tile widths of the head-dim-128 kernel, chosen explicitly.
-    for key_tile in (128, 256):
-        tiled = fp8kv.prefill(qf, kf, vf, cu_q, cu_k, q_descale=qs, k_descale=ks, v_descale=vs, key_tile=key_tile)
+    # Every tile shape of the head-dim-128 kernels (query rows x keys), chosen explicitly.
+    for query_tile, key_tile in ((128, 128), (128, 256), (192, 128)):
+        tiled = fp8kv.prefill(qf, kf, vf, cu_q, cu_k, q_descale=qs, k_descale=ks, v_descale=vs, key_tile=key_tile,
+                              query_tile=query_tile)
         assert rel(tiled, exact) < 3e-2
     # Sanity bound on quantize_heads + E4M3 with 20x outlier key channels in each head group
     # (measured 0.107 on the H100); the exact check is the one above.

@@ -1,8 +1,8 @@
-// The prefill kernel: a persistent CTA per SM computes 128-row query blocks of one query head
-// after another (tile_scheduler.cuh), with a producer warpgroup (TMA loads, FP8 V transpose) and
-// two consumer warpgroups (64 rows each: S = Q K^T, online softmax, O += P V). setmaxnreg moves
-// registers from the producer, which needs few, to the consumers, which hold S, O and (two-level
-// accumulation) the per-tile O.
+// The prefill kernel: a persistent CTA per SM computes query blocks (64 rows per consumer
+// warpgroup) of one query head after another (tile_scheduler.cuh), with a producer warpgroup (TMA
+// loads, FP8 V transpose) and two or three consumer warpgroups (S = Q K^T, online softmax,
+// O += P V). setmaxnreg moves registers from the producer, which needs few, to the consumers,
+// which hold S, O and (two-level accumulation) the per-tile O.
 #pragma once
 
 #include <cmath>
@@ -37,16 +37,20 @@ __device__ __forceinline__ float load_descale(const float* ptr, int stride, int 
   return ptr ? ptr[kv_head * stride] : 1.0f;
 }
 
-// Named barriers that alternate the two consumer warpgroups' GEMM issue (FA3's ping-pong): while
-// one warpgroup runs its softmax on the CUDA cores (exp2 on the MUFU units costs about as much
-// as an FP8 tile's wgmma), the other one's P.V and Q.K^T products run on the tensor cores.
-constexpr int kPingPongBarrierBase = 2;  // ids 2 and 3 (1 is the producer's)
+// Named barriers that make the consumer warpgroups take turns issuing their GEMMs (FA3's
+// ping-pong): while one warpgroup runs its softmax on the CUDA cores (exp2 on the MUFU units costs
+// about as much as an FP8 tile's wgmma), the others' P.V and Q.K^T products run on the tensor
+// cores. Warpgroup w waits on barrier w and, once it has issued, lets warpgroup w + 1 (mod the
+// count) go: with three consumer warpgroups a softmax has two others' GEMMs to hide under.
+constexpr int kPingPongBarrierBase = 2;  // ids 2 to 4 (1 is the producer's)
 
 __device__ __forceinline__ void pingpong_sync(int warpgroup) {
   cutlass::arch::NamedBarrier::sync(256, kPingPongBarrierBase + warpgroup);
 }
-__device__ __forceinline__ void pingpong_arrive_other(int warpgroup) {
-  cutlass::arch::NamedBarrier::arrive(256, kPingPongBarrierBase + (warpgroup ^ 1));
+template <int kPingPongWarpgroups>
+__device__ __forceinline__ void pingpong_arrive_next(int warpgroup) {
+  const int next = kPingPongWarpgroups == 2 ? warpgroup ^ 1 : (warpgroup + 1) % kPingPongWarpgroups;
+  cutlass::arch::NamedBarrier::arrive(256, kPingPongBarrierBase + next);
 }
 
 // One consumer warpgroup: 64 query rows. Turn i (0..n) issues, as one ping-pong turn, P.V of
@@ -97,7 +101,7 @@ __device__ void consumer_loop(const PrefillParams& p, const WorkTile& t, const S
   // which has no benchmark). The 256-key kernel uses it in both modes (not timed against the
   // per-tile rescale; with it, one-level matched two-level on the 128k retrieval test, README).
   constexpr bool kConditional =
-      !Traits::kFp8 || Traits::kWide || (kTwoLevel && Traits::kOverlap && Traits::kHeadDim == 128);
+      !Traits::kFp8 || Traits::kSerialTurn || (kTwoLevel && Traits::kOverlap && Traits::kHeadDim == 128);
   // The overlapped two-level schedule accumulates the P.V products of Traits::kPromoteTiles
   // consecutive tiles in the tensor cores before promoting them into the FP32 O.
   constexpr bool kGrouped = kConditional && kTwoLevel && Traits::kOverlap;
@@ -106,8 +110,8 @@ __device__ void consumer_loop(const PrefillParams& p, const WorkTile& t, const S
   // 2026-11-25, README "Tenth session", 3 interleaved rounds): one-level 3.5-4.4% faster at 16k
   // and 1-2.5% at 4096, the default (two-level) within +-1.4%. The 256-key kernel has it too (not
   // timed without it); the other kernels keep one loop.
-  constexpr bool kMaskFreeTurns = Traits::kFp8 && (Traits::kOverlap || Traits::kWide) && Traits::kHeadDim == 128;
-  OnlineSoftmax<G::kSRegs, kConditional, Traits::kPolyExpPeriod, Traits::kWide> softmax;
+  constexpr bool kMaskFreeTurns = Traits::kFp8 && (Traits::kOverlap || Traits::kSerialTurn) && Traits::kHeadDim == 128;
+  OnlineSoftmax<G::kSRegs, kConditional, Traits::kPolyExpPeriod, Traits::kSerialTurn> softmax;
   softmax.init();
   // pa (P of the previous tile) lives across turns; S and the per-tile O are declared where they
   // are used: the wgmma asm reads its accumulators ("+f"), so an array that outlived its use
@@ -298,7 +302,7 @@ __device__ void consumer_loop(const PrefillParams& p, const WorkTile& t, const S
         }
         cute::warpgroup_commit_batch();
       }
-      if constexpr (Traits::kPingPong) pingpong_arrive_other(warpgroup);
+      if constexpr (Traits::kPingPong) pingpong_arrive_next<Traits::kConsumerWarpgroups>(warpgroup);
       if constexpr (kHasQK) {
         cute::warpgroup_wait<kHasPV ? 1 : 0>();
         fence_registers(s);
@@ -336,7 +340,7 @@ __device__ void consumer_loop(const PrefillParams& p, const WorkTile& t, const S
       if constexpr (kHasPV && !kTwoLevel) G::issue_pv(o, pa, desc_v0, prev.index, true);
       if constexpr (kHasQK) G::issue_qk(s, desc_q, desc_k0, st.index);
       cute::warpgroup_commit_batch();
-      if constexpr (Traits::kPingPong) pingpong_arrive_other(warpgroup);
+      if constexpr (Traits::kPingPong) pingpong_arrive_next<Traits::kConsumerWarpgroups>(warpgroup);
       cute::warpgroup_wait<0>();
       fence_registers(o);
       if constexpr (kHasPV && !kTwoLevel) Barrier::arrive(v_empty);
@@ -364,7 +368,7 @@ __device__ void consumer_loop(const PrefillParams& p, const WorkTile& t, const S
   // 64-95 between turns).
   auto wide_turn = [&](auto has_pv_tag, auto has_qk_tag, auto may_mask_tag, int iter, const Stage& st,
                        const Stage& prev) {
-    if constexpr (Traits::kWide) {
+    if constexpr (Traits::kSerialTurn) {
       constexpr bool kHasPV = decltype(has_pv_tag)::value;
       constexpr bool kHasQK = decltype(has_qk_tag)::value;
       if constexpr (kHasQK) Barrier::wait(sm.k_full(st.index), st.phase);
@@ -391,14 +395,14 @@ __device__ void consumer_loop(const PrefillParams& p, const WorkTile& t, const S
         }
       }
       if constexpr (!kHasQK) {
-        pingpong_arrive_other(warpgroup);
+        pingpong_arrive_next<Traits::kConsumerWarpgroups>(warpgroup);
         return;
       }
       fence_registers(s);
       cute::warpgroup_arrive();
       G::issue_qk(s, desc_q, desc_k0, st.index);
       cute::warpgroup_commit_batch();
-      pingpong_arrive_other(warpgroup);
+      pingpong_arrive_next<Traits::kConsumerWarpgroups>(warpgroup);
       cute::warpgroup_wait<0>();
       fence_registers(s);
       float alpha[2], tile_v_scale[2];
@@ -408,7 +412,7 @@ __device__ void consumer_loop(const PrefillParams& p, const WorkTile& t, const S
     }
   };
   auto any_turn = [&](auto... args) {
-    if constexpr (Traits::kWide) {
+    if constexpr (Traits::kSerialTurn) {
       wide_turn(args...);
     } else {
       turn(args...);
@@ -459,11 +463,14 @@ __device__ void consumer(const PrefillParams& p, const SmemView<Traits>& sm, int
   // Otherwise two-level is for tiles whose chain of K/V tiles is longer than p.one_level_max_keys.
   const bool token_scales = Traits::kPaged && p.k_token_scale != nullptr;
   int kv_done = 0;
-  // Ping-pong across work tiles: warpgroup 1 also lets warpgroup 0 go after issuing a tile's last
-  // P.V, so that warpgroup 0's first Q.K^T of the next tile runs under that P.V and warpgroup 1's
-  // output store. That is one arrival per turn for either warpgroup, plus warpgroup 1's first one
-  // here (warpgroup 0 goes first), which warpgroup 0 matches with one more wait at the end.
-  if (Traits::kPingPong && warpgroup == 1) pingpong_arrive_other(warpgroup);
+  // Ping-pong across work tiles: the last warpgroup also lets warpgroup 0 go after issuing a
+  // tile's last P.V, so that warpgroup 0's first Q.K^T of the next tile runs under that P.V and the
+  // last warpgroup's output store. That is one arrival per turn for every warpgroup, plus the last
+  // warpgroup's first one here (warpgroup 0 goes first), which warpgroup 0 matches with one more
+  // wait at the end.
+  if (Traits::kPingPong && warpgroup == Traits::kConsumerWarpgroups - 1) {
+    pingpong_arrive_next<Traits::kConsumerWarpgroups>(warpgroup);
+  }
   for (int work = 0;; ++work) {
     const int buffer = work & 1;
     Barrier::wait(sm.q_full(buffer), (work >> 1) & 1);

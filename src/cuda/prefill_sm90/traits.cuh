@@ -30,21 +30,36 @@ struct ElementBf16 {
 // next tile's Q.K^T and this one's P.V are in flight together. kBlockN = 256 (FP8, head dim 128,
 // dense; prefill_key_tile in src/cuda/prefill.cu picks it): S takes 128 registers, so the schedule
 // is serial (kernel.cuh) and the per-key costs of a turn (barriers, wgmma issue, the fold, the
-// row-max shuffles) are spread over twice the keys.
+// row-max shuffles) are spread over twice the keys. kConsumerWarpgroups = 3 (FP8, head dim 128,
+// dense, 128-key tiles): kBlockM = 192 rows, so that each SM sub-partition runs three softmax
+// warps instead of two; the consumers' turns are bound by their softmax's latency, and a third
+// warp hides more of it (H100, 2026-11-25, README "Fourteenth session": Qwen3-8B 16k 3-5% faster
+// than the 256-key kernel). Its 160 registers per consumer thread hold S and O (64 each) and
+// little else, so its turn is the serial one as well.
 // Shared memory at d = 128: FP8 2 x 16 KiB of Q + 3 stages x 48 KiB (K, V, V^T) = 176 KiB (256-key
-// tiles: 2 stages x 96 KiB = 224 KiB); BF16 2 x 32 KiB of Q + 2 stages x 64 KiB = 192 KiB. Q has
+// tiles: 2 stages x 96 KiB = 224 KiB; three consumer warpgroups: 2 x 24 KiB + 3 x 48 KiB = 192
+// KiB); BF16 2 x 32 KiB of Q + 2 stages x 64 KiB = 192 KiB. Q has
 // two buffers because the CTAs are persistent (tile_scheduler.cuh): the next work tile's Q loads
 // while the current one runs.
-template <class Element_, int kHeadDim_, bool kPaged_, int kBlockN_ = 128>
+template <class Element_, int kHeadDim_, bool kPaged_, int kBlockN_ = 128, int kConsumerWarpgroups_ = 2>
 struct PrefillTraits {
   using Element = Element_;
   static constexpr bool kFp8 = Element::kFp8;
   static constexpr bool kPaged = kPaged_;
   static constexpr int kHeadDim = kHeadDim_;
-  static constexpr int kBlockM = 128;
+  static constexpr int kConsumerWarpgroups = kConsumerWarpgroups_;
+  static constexpr int kBlockM = 64 * kConsumerWarpgroups;
   static constexpr int kBlockN = kBlockN_;
   static constexpr bool kWide = kBlockN > 128;
   static_assert(!kWide || (Element::kFp8 && kHeadDim_ == 128 && !kPaged_ && kBlockN == 256), "wide: FP8 d128 dense");
+  static_assert(kConsumerWarpgroups == 2 || (kConsumerWarpgroups == 3 && Element::kFp8 && kHeadDim_ == 128 &&
+                                             !kPaged_ && kBlockN == 128),
+                "three consumer warpgroups: FP8 d128 dense, 128-key tiles");
+  // The serial turn (kernel.cuh, wide_turn): P.V of the previous tile completes, and two-level
+  // folds it, before Q.K^T of this one is issued, with the tile's P.V product accumulated in S's
+  // registers. The 256-key kernel needs it (S takes 128 registers), and so does the one with three
+  // consumer warpgroups (160 registers each: S and O are 64 each).
+  static constexpr bool kSerialTurn = kWide || kConsumerWarpgroups == 3;
   // Pipeline depth and schedule, from bench prefill on the H100 (seq 4096-16384). A third
   // K/V/V^T stage saves FP8 2-15%; BF16 has no room for it (160 KiB with two). Ping-pong (the two
   // consumer warpgroups take turns on the tensor cores, see kernel.cuh): BF16 450-600 TFLOP/s
@@ -56,7 +71,7 @@ struct PrefillTraits {
   // serial schedule: with per-token scales its overlapped loop spills 92 bytes.
   static constexpr int kStages = kFp8 && !kWide ? 3 : 2;
   static constexpr bool kPingPong = true;
-  static constexpr bool kOverlap = kFp8 && !kPaged && !kWide;
+  static constexpr bool kOverlap = kFp8 && !kPaged && !kSerialTurn;
   // Two-level accumulation promotes the tensor cores' partial P.V product into the FP32 O once
   // every kPromoteTiles K/V tiles (512 keys: one-level is already accepted for chains of
   // PrefillOptions::one_level_max_keys = 512), where kernel.cuh groups tiles (the overlapped FP8
@@ -71,7 +86,6 @@ struct PrefillTraits {
   // serialise its wgmmas (C7511). The 128-key kernel got slower (Qwen3-8B 1 x 4096 196 us ->
   // 206 us with 1 in 4, 224 us with 1 in 2: it is not waiting on the MUFU unit), so it keeps 0.
   static constexpr int kPolyExpPeriod = kWide ? 8 : 0;
-  static constexpr int kConsumerWarpgroups = 2;
   static constexpr int kThreads = 128 * (1 + kConsumerWarpgroups);
   // setmaxnreg budgets. The CTA owns what it was launched with, 384 x 168 = 64512 registers
   // (__launch_bounds__(384, 1)), and an increase blocks until the pool has the registers, so the
@@ -79,9 +93,12 @@ struct PrefillTraits {
   // V transpose and the leader's work-tile code (at 24 ptxas spills): 128 x 40 + 256 x 232 = 64512.
   // The dense kernels' producer fits without spills; the paged FP8 ones spill 80-100 bytes (the
   // leader's page walk beside the transposer's per-lane offsets, reloaded once per K/V tile).
-  static constexpr int kProducerRegisters = kFp8 ? 40 : 24;
-  static constexpr int kConsumerRegisters = kFp8 ? 232 : 240;
-  static_assert(128 * kProducerRegisters + 128 * kConsumerWarpgroups * kConsumerRegisters <= 384 * 168,
+  // Three consumer warpgroups (512 threads, launched with 128 registers each): 128 x 32 + 384 x
+  // 160 = 65536; ptxas spills 24 bytes in the consumers (a value or two reloaded per turn).
+  static constexpr int kProducerRegisters = kConsumerWarpgroups == 3 ? 32 : kFp8 ? 40 : 24;
+  static constexpr int kConsumerRegisters = kConsumerWarpgroups == 3 ? 160 : kFp8 ? 232 : 240;
+  static constexpr int kLaunchRegisters = 65536 / kThreads / 8 * 8;  // what ptxas gives each thread
+  static_assert(128 * kProducerRegisters + 128 * kConsumerWarpgroups * kConsumerRegisters <= kThreads * kLaunchRegisters,
                 "setmaxnreg budgets exceed the registers the CTA is launched with");
 
   static constexpr int kElemBytes = Element::kBytes;
