@@ -78,10 +78,10 @@ struct PrefillTiles {
   int key = 128;
 };
 // Options that set a tile size are followed; what they leave at 0 is chosen. For FP8 E4M3 at head
-// dim 128 with at least 2048 keys per sequence (total_k / batch) and at least 2048 128-row query
-// blocks x query heads, the choice is 192 x 128 (or 128 x 256 if the options ask for 128-row
-// query tiles), else 128 x 128. The thresholds are measured (H100, README "Prefill attention"):
-// below them 128 x 128 tiles were as fast or faster.
+// dim 128 with at least 2048 keys per sequence (total_k / batch), the choice is 192 x 128 from 1024
+// 128-row query blocks x query heads (128 x 256 from 2048 if the options ask for 128-row query
+// tiles), else 128 x 128. The thresholds are measured (H100, README "Prefill attention"): below
+// them 128 x 128 tiles were as fast or faster.
 // Throws InvalidArgument (naming "key_tile" or "query_tile") for a size no kernel has here.
 PrefillTiles prefill_tiles(const PrefillArgs& args, const PrefillOptions& options = {});
 // prefill_tiles(args, options).key.

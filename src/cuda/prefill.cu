@@ -177,10 +177,13 @@ bool prefill_supported(DType dtype, int head_dim, bool paged) {
 // H100 (2026-11-25, bench prefill, both tile widths in one run): 256-key tiles were 2.6-6.1% faster
 // at Qwen3-0.6B/8B batch 4 and 8 x 4096 and 4.7-6.5% at 16k (2048-4096 work tiles), but (an earlier
 // run) 2% slower at Qwen3-8B 1 x 4096 (1024 work tiles) and 8% at Qwen3-0.6B 1 x 4096 (512). The
-// 192 x 128 kernel took over the same shapes (fourteenth session: 3-5% faster than 128 x 256 at
-// 16k and Qwen3-8B 4 x 4096, level at Qwen3-0.6B 8 x 4096).
+// 192 x 128 kernel took over those shapes (fourteenth session: 1.5-5.7% faster than 128 x 256 at
+// 16k, 0.4-1.6% at batch 4 and 8 x 4096) and more: against 128 x 128 it was 6% faster at Qwen3-8B
+// 1 x 4096 (1024 query blocks x heads), level at Qwen3-0.6B 1 x 4096 (512), and 3-11% slower at
+// 1024 keys per sequence.
 constexpr int64_t kWideMinKeysPerSequence = 2048;
-constexpr int64_t kWideMinWorkTiles = 2048;  // 128-row query blocks x query heads
+constexpr int64_t kWideMinWorkTiles = 2048;     // 128-row query blocks x query heads, for 128 x 256
+constexpr int64_t kRows192MinWorkTiles = 1024;  // the same count, for 192 x 128
 
 namespace {
 // prefill_tiles for options that have been validated.
@@ -203,9 +206,10 @@ PrefillTiles choose_tiles(const PrefillArgs& args, const PrefillOptions& options
   }
   const int64_t batch = args.cu_seqlens_q.size(0) - 1;
   const int64_t work_tiles = static_cast<int64_t>(grid_blocks(args.q.size(0), batch, 128)) * args.q.size(1);
-  if (args.k.size(0) / batch < kWideMinKeysPerSequence || work_tiles < kWideMinWorkTiles) return narrow;
-  if (options.query_tile == 0) return PrefillTiles{192, 128};
-  return options.key_tile == 0 ? PrefillTiles{128, 256} : narrow;
+  if (args.k.size(0) / batch < kWideMinKeysPerSequence) return narrow;
+  if (options.query_tile == 0 && work_tiles >= kRows192MinWorkTiles) return PrefillTiles{192, 128};
+  if (options.key_tile == 0 && work_tiles >= kWideMinWorkTiles) return PrefillTiles{128, 256};
+  return narrow;
 }
 }  // namespace
 

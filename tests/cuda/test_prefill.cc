@@ -92,6 +92,41 @@ void wide_kernel_every_shape(const cuda::PrefillOptions& tiles, const char* labe
   }
 }
 
+// Which tiles prefill_tiles picks: shapes only, nothing is launched (the tensors have no data).
+TEST(CudaPrefill, TileChoiceFollowsShapesAndOptions) {
+  auto args = [](DType dtype, int batch, int64_t seq, int hq, int d) {
+    PrefillArgs a;
+    a.q = TensorRef(nullptr, dtype, {batch * seq, hq, d}, Device::kCuda);
+    a.k = a.v = TensorRef(nullptr, dtype, {batch * seq, 8, d}, Device::kCuda);
+    a.cu_seqlens_q = a.cu_seqlens_k = TensorRef(nullptr, DType::kInt32, {batch + 1}, Device::kCuda);
+    return a;
+  };
+  auto tiles = [](const PrefillArgs& a, int query_tile, int key_tile) {
+    cuda::PrefillOptions o;
+    o.query_tile = query_tile;
+    o.key_tile = key_tile;
+    const cuda::PrefillTiles t = cuda::prefill_tiles(a, o);
+    return std::to_string(t.query) + "x" + std::to_string(t.key);
+  };
+  const PrefillArgs qwen8b_1x4k = args(DType::kFp8E4M3, 1, 4096, 32, 128);   // 1024 query blocks x heads
+  const PrefillArgs qwen06b_1x4k = args(DType::kFp8E4M3, 1, 4096, 16, 128);  // 512
+  const PrefillArgs qwen8b_8x1k = args(DType::kFp8E4M3, 8, 1024, 32, 128);   // 1024 keys per sequence
+  const PrefillArgs qwen8b_16k = args(DType::kFp8E4M3, 1, 16384, 32, 128);
+  EXPECT_EQ(tiles(qwen8b_1x4k, 0, 0), "192x128");
+  EXPECT_EQ(tiles(qwen06b_1x4k, 0, 0), "128x128");
+  EXPECT_EQ(tiles(qwen8b_8x1k, 0, 0), "128x128");
+  EXPECT_EQ(tiles(qwen8b_16k, 0, 0), "192x128");
+  EXPECT_EQ(tiles(qwen8b_16k, 0, 128), "192x128");  // 128-key tiles: the row count is still chosen
+  EXPECT_EQ(tiles(qwen8b_16k, 128, 0), "128x256");  // 128-row tiles: the key tile is still chosen
+  EXPECT_EQ(tiles(qwen8b_1x4k, 128, 0), "128x128");  // 128 x 256 needs 2048 query blocks x heads
+  EXPECT_EQ(tiles(qwen8b_16k, 128, 128), "128x128");
+  EXPECT_EQ(tiles(qwen06b_1x4k, 192, 0), "192x128");
+  EXPECT_EQ(tiles(qwen06b_1x4k, 0, 256), "128x256");
+  // BF16 and head dim 64 have 128 x 128 only.
+  EXPECT_EQ(tiles(args(DType::kBFloat16, 1, 16384, 32, 128), 0, 0), "128x128");
+  EXPECT_EQ(tiles(args(DType::kFp8E4M3, 1, 16384, 32, 64), 0, 0), "128x128");
+}
+
 // 128 x 256 tiles (key_tile 256).
 TEST(CudaPrefill, Fp8WideTilesEveryShape) {
   FP8KV_REQUIRE_GPU();
