@@ -27,8 +27,8 @@ namespace fp8kv::cuda {
 
 struct PrefillOptions {
   // FP8 only. wgmma accumulates FP8 products with reduced precision; when on, the P.V product of
-  // a group of K/V tiles (4 tiles of 128 keys in the dense head-dim-128 kernel, one 256-key tile
-  // in the wide one, one tile elsewhere) is accumulated from zero and then added to an FP32
+  // a group of K/V tiles (4 tiles of 128 keys in the dense 128 x 128 head-dim-128 kernel, one
+  // tile elsewhere: 256 keys in the 128 x 256 kernel, 128 in the others) is accumulated from zero and then added to an FP32
   // register accumulator, so the reduced-precision chain is never longer than 512 keys (in CTAs
   // that read more than one_level_max_keys keys; shorter CTAs have short chains anyway).
   bool two_level_accumulation = true;
@@ -39,7 +39,7 @@ struct PrefillOptions {
   // 5x over 32k). Skipping the per-tile fold there makes short sequences as fast as one-level
   // (Qwen3-8B batch 1 x 512: 14.0 against 15.3 us). 0 = two-level in every CTA. Must be >= 0.
   int one_level_max_keys = 512;
-  // Keys per K/V tile: 0 = chosen per launch (prefill_key_tile), 128, or 256. 256-key tiles exist
+  // Keys per K/V tile: 0 = chosen per launch (prefill_tiles), 128, or 256. 256-key tiles exist
   // for dense FP8 E4M3 prefill at head dim 128 only (elsewhere 256 is an InvalidArgument): fewer
   // instructions per key, but up to 128 more masked keys per query block on the causal diagonal
   // and coarser work tiles.

@@ -98,8 +98,9 @@ __device__ void consumer_loop(const PrefillParams& p, const WorkTile& t, const S
   // 209 -> 197, Qwen3-0.6B 8 x 4096 825 -> 793) and BF16 (d 128 1.7-3.0% faster, Qwen3-0.6B
   // 8 x 4096 within noise; d 64 level). The same code made FP8 at d 64 5% slower and FP8
   // one-level 0.2-4% slower, so those keep the per-tile rescale (as does the paged FP8 kernel,
-  // which has no benchmark). The 256-key kernel uses it in both modes (not timed against the
-  // per-tile rescale; with it, one-level matched two-level on the 128k retrieval test, README).
+  // which has no benchmark). The serial-turn kernels (128 x 256, 192 x 128) use it in both modes
+  // (not timed against the per-tile rescale; with it, one-level matched two-level on the 128k
+  // retrieval test, README).
   constexpr bool kConditional =
       !Traits::kFp8 || Traits::kSerialTurn || (kTwoLevel && Traits::kOverlap && Traits::kHeadDim == 128);
   // The overlapped two-level schedule accumulates the P.V products of Traits::kPromoteTiles
@@ -108,8 +109,8 @@ __device__ void consumer_loop(const PrefillParams& p, const WorkTile& t, const S
   // The FP8 head-dim-128 dense kernel runs the tiles that need no mask (below the diagonal and the
   // sequence end, for all 64 rows) in a loop of their own, without the mask code. Measured (H100,
   // 2026-11-25, README "Tenth session", 3 interleaved rounds): one-level 3.5-4.4% faster at 16k
-  // and 1-2.5% at 4096, the default (two-level) within +-1.4%. The 256-key kernel has it too (not
-  // timed without it); the other kernels keep one loop.
+  // and 1-2.5% at 4096, the default (two-level) within +-1.4%. The serial-turn kernels have it too
+  // (not timed without it); the other kernels keep one loop.
   constexpr bool kMaskFreeTurns = Traits::kFp8 && (Traits::kOverlap || Traits::kSerialTurn) && Traits::kHeadDim == 128;
   OnlineSoftmax<G::kSRegs, kConditional, Traits::kPolyExpPeriod, Traits::kSerialTurn> softmax;
   softmax.init();

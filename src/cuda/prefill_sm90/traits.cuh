@@ -28,7 +28,8 @@ struct ElementBf16 {
 // = 128 keys: the widest S tile whose accumulator (64 fp32 registers per thread) leaves room for
 // O, the per-tile O of two-level accumulation and P under the consumer register budget while the
 // next tile's Q.K^T and this one's P.V are in flight together. kBlockN = 256 (FP8, head dim 128,
-// dense; prefill_key_tile in src/cuda/prefill.cu picks it): S takes 128 registers, so the schedule
+// dense; prefill_tiles in src/cuda/prefill.cu picks it when the options ask for 128-row query
+// tiles): S takes 128 registers, so the schedule
 // is serial (kernel.cuh) and the per-key costs of a turn (barriers, wgmma issue, the fold, the
 // row-max shuffles) are spread over twice the keys. kConsumerWarpgroups = 3 (FP8, head dim 128,
 // dense, 128-key tiles): kBlockM = 192 rows, so that each SM sub-partition runs three softmax
