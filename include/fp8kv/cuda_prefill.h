@@ -45,7 +45,7 @@ struct PrefillOptions {
   // and coarser work tiles.
   int key_tile = 0;
   // Query rows per CTA: 0 = chosen per launch (prefill_tiles), 128, or 192. 192 rows (three
-  // consumer warpgroups) exist for dense FP8 E4M3 prefill at head dim 128 with 128-key tiles
+  // consumer warpgroups) exist for dense FP8 E4M3 prefill at head dims 64 and 128 with 128-key tiles
   // (elsewhere 192 is an InvalidArgument): a third softmax warp per SM sub-partition hides more of
   // the softmax's latency, but the query blocks are coarser.
   int query_tile = 0;
@@ -77,10 +77,10 @@ struct PrefillTiles {
   int query = 128;
   int key = 128;
 };
-// Options that set a tile size are followed; what they leave at 0 is chosen. For FP8 E4M3 at head
-// dim 128 with at least 2048 keys per sequence (total_k / batch), the choice is 192 x 128 from 1024
-// 128-row query blocks x query heads (128 x 256 from 2048 if the options ask for 128-row query
-// tiles), else 128 x 128. The thresholds are measured (H100, README "Prefill attention"): below
+// Options that set a tile size are followed; what they leave at 0 is chosen. For FP8 E4M3 with at
+// least 2048 keys per sequence (total_k / batch), the choice is 192 x 128 from 1024 128-row query
+// blocks x query heads at head dim 128 (128 x 256 from 2048 if the options ask for 128-row query
+// tiles) and from 512 at head dim 64, else 128 x 128. The thresholds are measured (H100, README "Prefill attention"): below
 // them 128 x 128 tiles were as fast or faster.
 // Throws InvalidArgument (naming "key_tile" or "query_tile") for a size no kernel has here.
 PrefillTiles prefill_tiles(const PrefillArgs& args, const PrefillOptions& options = {});

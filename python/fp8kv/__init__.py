@@ -407,7 +407,7 @@ def prefill(
     block; None = the library's default, 512) are the CUDA FP8 kernel's ``PrefillOptions``, as is
     ``key_tile`` (keys per K/V tile: 0 = chosen per launch, 128, or 256 for FP8 at head dim 128)
     and ``query_tile`` (query rows per thread block: 0 = chosen per launch, 128, or 192 for FP8 at
-    head dim 128 with 128-key tiles); the CPU reference accumulates exactly."""
+    head dims 64 and 128 with 128-key tiles); the CPU reference accumulates exactly."""
     (q, k, v), fmt = _fp8_input((q, k, v), fp8_dtype, ("q", "k", "v"))
     if out is None:
         out = _empty(q, tuple(q.shape), _out_dtype(q, fmt is not None))

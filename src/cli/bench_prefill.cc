@@ -121,7 +121,7 @@ struct Timings {
 // Median µs of fp8kv's kernels on one point: batch equal-length sequences, packed. The four
 // variants (FP8 default, one-level, two-level everywhere, BF16), and where the FP8 options pick
 // wider tiles than 128 x 128 the default options with 128 x 128 tiles (and, where they pick 192 x
-// 128, with 128 x 256), are timed interleaved, so that they see the same clocks and temperature.
+// 128 at head dim 128, with 128 x 256), are timed interleaved, so that they see the same clocks and temperature.
 Timings time_fp8kv(const Point& p, const Options& o) {
   const int64_t total = static_cast<int64_t>(p.batch) * p.seq;
   const Shape& s = p.shape;
@@ -182,7 +182,8 @@ Timings time_fp8kv(const Point& p, const Options& o) {
       [&] { cuda::prefill(a8, two_level); }, [&] { cuda::prefill(a8, one_level); },
       [&] { cuda::prefill(a8, everywhere); }, [&] { cuda::prefill(a16); }};
   if (!is_narrow) variants.push_back([&] { cuda::prefill(a8, narrow); });
-  if (rows192) variants.push_back([&] { cuda::prefill(a8, wide256); });
+  const bool has_wide256 = rows192 && s.head_dim == 128;  // 128 x 256 exists at head dim 128 only
+  if (has_wide256) variants.push_back([&] { cuda::prefill(a8, wide256); });
   std::vector<double> us;
   if (o.sequential) {
     for (const auto& fn : variants) us.push_back(cuda_bench::time_median_us(fn, o.warmup, o.repeats));
@@ -197,7 +198,7 @@ Timings time_fp8kv(const Point& p, const Options& o) {
   t.bf16_us = us[3];
   t.fp8_tiles = tiles;
   if (!is_narrow) t.fp8_narrow_us = us[4];
-  if (rows192) t.fp8_wide256_us = us[5];
+  if (has_wide256) t.fp8_wide256_us = us[5];
   return t;
 }
 

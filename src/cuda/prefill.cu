@@ -38,8 +38,8 @@ KernelChoice choice_of() {
 
 // The one list of kernels this build has; supported(), dispatch and the benchmark all ask here.
 // Returns launch = nullptr for an unsupported combination.
-// `tiles` (dense FP8 head dim 128; prefill_tiles): 128 x 256 and 192 x 128 have kernels of their
-// own; every other kernel is 128 x 128.
+// `tiles` (dense FP8; prefill_tiles): 128 x 256 (head dim 128) and 192 x 128 (head dims 64 and
+// 128) have kernels of their own; every other kernel is 128 x 128.
 KernelChoice select_kernel(DType dtype, int head_dim, bool paged, PrefillTiles tiles = {}) {
   using sm90::ElementBf16;
   using sm90::ElementE4M3;
@@ -53,6 +53,9 @@ KernelChoice select_kernel(DType dtype, int head_dim, bool paged, PrefillTiles t
     }
     if (head_dim == 128) return paged ? choice_of<PrefillTraits<ElementE4M3, 128, true>>()
                                       : choice_of<PrefillTraits<ElementE4M3, 128, false>>();
+    if (head_dim == 64 && !paged && tiles.query == 192) {
+      return choice_of<PrefillTraits<ElementE4M3, 64, false, 128, 3>>();
+    }
     if (head_dim == 64) return paged ? choice_of<PrefillTraits<ElementE4M3, 64, true>>()
                                      : choice_of<PrefillTraits<ElementE4M3, 64, false>>();
   }
@@ -184,30 +187,36 @@ bool prefill_supported(DType dtype, int head_dim, bool paged) {
 constexpr int64_t kWideMinKeysPerSequence = 2048;
 constexpr int64_t kWideMinWorkTiles = 2048;     // 128-row query blocks x query heads, for 128 x 256
 constexpr int64_t kRows192MinWorkTiles = 1024;  // the same count, for 192 x 128
+// Head dim 64 (fourteenth session, against 128 x 128 in the same run): 192 x 128 was 14% faster at
+// 1 x 4096 with 16 heads (512 query blocks x heads), 21% at 8 x 4096 and 30% at 1 x 16384.
+constexpr int64_t kRows192MinWorkTilesD64 = 512;
 
 namespace {
 // prefill_tiles for options that have been validated.
 PrefillTiles choose_tiles(const PrefillArgs& args, const PrefillOptions& options) {
-  const bool fp8_d128 = args.q.dtype == DType::kFp8E4M3 && args.q.ndim == 3 && args.q.size(2) == 128;
+  const bool fp8 = args.q.dtype == DType::kFp8E4M3 && args.q.ndim == 3;
+  const bool fp8_d128 = fp8 && args.q.size(2) == 128, fp8_d64 = fp8 && args.q.size(2) == 64;
   if (options.key_tile == 256) {
     FP8KV_REQUIRE(fp8_d128, "key_tile",
                   "256-key tiles exist for FP8 E4M3 prefill at head dim 128 only (dense, not paged)");
     return PrefillTiles{128, 256};
   }
   if (options.query_tile == 192) {
-    FP8KV_REQUIRE(fp8_d128, "query_tile",
-                  "192-row query tiles exist for FP8 E4M3 prefill at head dim 128 only (dense, not paged)");
+    FP8KV_REQUIRE(fp8_d128 || fp8_d64, "query_tile",
+                  "192-row query tiles exist for FP8 E4M3 prefill at head dim 64 and 128 only (dense, not paged)");
     return PrefillTiles{192, 128};
   }
   const PrefillTiles narrow{128, 128};
-  if ((options.key_tile == 128 && options.query_tile == 128) || !fp8_d128 || args.k.ndim < 1 ||
+  if ((options.key_tile == 128 && options.query_tile == 128) || !(fp8_d128 || fp8_d64) || args.k.ndim < 1 ||
       args.cu_seqlens_q.ndim != 1 || args.cu_seqlens_q.size(0) < 2) {
     return narrow;
   }
   const int64_t batch = args.cu_seqlens_q.size(0) - 1;
   const int64_t work_tiles = static_cast<int64_t>(grid_blocks(args.q.size(0), batch, 128)) * args.q.size(1);
   if (args.k.size(0) / batch < kWideMinKeysPerSequence) return narrow;
-  if (options.query_tile == 0 && work_tiles >= kRows192MinWorkTiles) return PrefillTiles{192, 128};
+  const int64_t rows192_min = fp8_d64 ? kRows192MinWorkTilesD64 : kRows192MinWorkTiles;
+  if (options.query_tile == 0 && work_tiles >= rows192_min) return PrefillTiles{192, 128};
+  if (fp8_d64) return narrow;
   if (options.key_tile == 0 && work_tiles >= kWideMinWorkTiles) return PrefillTiles{128, 256};
   return narrow;
 }
@@ -267,7 +276,7 @@ void paged_prefill(const PagedPrefillArgs& args, const PrefillOptions& options, 
   FP8KV_REQUIRE(options.key_tile != 256, "key_tile",
                 "paged_prefill has 128-key tiles only (256-key tiles are for dense FP8 prefill at head dim 128)");
   FP8KV_REQUIRE(options.query_tile != 192, "query_tile",
-                "paged_prefill has 128-row query tiles only (192-row tiles are for dense FP8 prefill at head dim 128)");
+                "paged_prefill has 128-row query tiles only (192-row tiles are for dense FP8 prefill)");
   check_cuda_tensor(args.q, "q");
   FP8KV_REQUIRE(args.out.dtype == DType::kBFloat16, "out", "cuda::paged_prefill writes bfloat16, got ",
                 dtype_name(args.out.dtype));

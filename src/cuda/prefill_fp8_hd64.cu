@@ -4,4 +4,5 @@
 namespace fp8kv::cuda::sm90 {
 template void launch_prefill<PrefillTraits<ElementE4M3, 64, false>>(const PrefillParams&, int, cudaStream_t);
 template void launch_prefill<PrefillTraits<ElementE4M3, 64, true>>(const PrefillParams&, int, cudaStream_t);
+template void launch_prefill<PrefillTraits<ElementE4M3, 64, false, 128, 3>>(const PrefillParams&, int, cudaStream_t);
 }  // namespace fp8kv::cuda::sm90

@@ -52,10 +52,10 @@ TEST(CudaPrefill, Bf16LengthsHeadDimsGqaCausal) {
   run_lengths(DType::kBFloat16, DescaleMode::kNone);
 }
 
-// An FP8 head-dim-128 kernel with tiles wider than 128 x 128 (`tiles`: the options that force it),
-// on every shape: lengths around one and two tiles, varlen batches with prefixes, GQA, causal and
-// not, and the three accumulation modes.
-void wide_kernel_every_shape(const cuda::PrefillOptions& tiles, const char* label) {
+// An FP8 kernel with tiles wider than 128 x 128 (`tiles`: the options that force it) at head dim
+// `d`, on every shape: lengths around one and two tiles, varlen batches with prefixes, GQA, causal
+// and not, and the three accumulation modes.
+void wide_kernel_every_shape(const cuda::PrefillOptions& tiles, int d, const char* label) {
   const int gqa[] = {1, 2, 4, 8};
   int index = 0;
   for (int len : {1, 63, 65, 255, 256, 257, 511, 1000, 3000}) {
@@ -64,7 +64,7 @@ void wide_kernel_every_shape(const cuda::PrefillOptions& tiles, const char* labe
       const int hk = 2, hq = hk * ratio;
       SCOPED_TRACE(::testing::Message() << label << " len=" << len << " causal=" << causal << " hq=" << hq);
       cuda::PrefillOptions options = tiles;
-      const DenseProblem p = make_dense_problem({len}, {len}, hq, hk, 128, causal, DType::kFp8E4M3,
+      const DenseProblem p = make_dense_problem({len}, {len}, hq, hk, d, causal, DType::kFp8E4M3,
                                                 DescaleMode::kPerTensor, test_seed());
       const ErrorReport e = check_dense(p, len > 1024 ? 256 : 0, options);
       std::printf("[prefill %s] len=%d causal=%d hq=%d hk=%d: rel err %.3e (naive %.3e)\n", label, len,
@@ -81,7 +81,7 @@ void wide_kernel_every_shape(const cuda::PrefillOptions& tiles, const char* labe
         cuda::PrefillOptions options = tiles;
         options.two_level_accumulation = two_level;
         options.one_level_max_keys = one_level_max_keys;
-        const DenseProblem p = make_dense_problem(kVarlenQ, kVarlenPrefixedK, 8, 2, 128, causal, DType::kFp8E4M3,
+        const DenseProblem p = make_dense_problem(kVarlenQ, kVarlenPrefixedK, 8, 2, d, causal, DType::kFp8E4M3,
                                                   DescaleMode::kPerHead, test_seed());
         const ErrorReport e = check_dense(p, 0, options);
         std::printf("[prefill %s varlen] causal=%d two_level=%d one_level_max_keys=%d: rel err %.3e (naive %.3e)\n",
@@ -122,9 +122,12 @@ TEST(CudaPrefill, TileChoiceFollowsShapesAndOptions) {
   EXPECT_EQ(tiles(qwen8b_16k, 128, 128), "128x128");
   EXPECT_EQ(tiles(qwen06b_1x4k, 192, 0), "192x128");
   EXPECT_EQ(tiles(qwen06b_1x4k, 0, 256), "128x256");
-  // BF16 and head dim 64 have 128 x 128 only.
+  // Head dim 64: 192 x 128 from 512 query blocks x heads, never 128 x 256. BF16: 128 x 128 only.
+  EXPECT_EQ(tiles(args(DType::kFp8E4M3, 1, 4096, 16, 64), 0, 0), "192x128");
+  EXPECT_EQ(tiles(args(DType::kFp8E4M3, 1, 2048, 16, 64), 0, 0), "128x128");  // 256 blocks x heads
+  EXPECT_EQ(tiles(args(DType::kFp8E4M3, 8, 1024, 16, 64), 0, 0), "128x128");  // 1024 keys per sequence
+  EXPECT_EQ(tiles(args(DType::kFp8E4M3, 1, 16384, 16, 64), 128, 0), "128x128");
   EXPECT_EQ(tiles(args(DType::kBFloat16, 1, 16384, 32, 128), 0, 0), "128x128");
-  EXPECT_EQ(tiles(args(DType::kFp8E4M3, 1, 16384, 32, 64), 0, 0), "128x128");
 }
 
 // 128 x 256 tiles (key_tile 256).
@@ -132,16 +135,24 @@ TEST(CudaPrefill, Fp8WideTilesEveryShape) {
   FP8KV_REQUIRE_GPU();
   cuda::PrefillOptions tiles;
   tiles.key_tile = 256;
-  wide_kernel_every_shape(tiles, "wide");
+  wide_kernel_every_shape(tiles, 128, "wide");
 }
 
 // 192 x 128 tiles (three consumer warpgroups), which prefill_tiles picks for long sequences with
-// enough query blocks (the 16384 case above, hq = 16, uses it).
+// enough query blocks (the 16384 cases above, hq = 16, use it at both head dims).
 TEST(CudaPrefill, Fp8ThreeWarpgroupTilesEveryShape) {
   FP8KV_REQUIRE_GPU();
   cuda::PrefillOptions tiles;
   tiles.query_tile = 192;
-  wide_kernel_every_shape(tiles, "192 rows");
+  wide_kernel_every_shape(tiles, 128, "192 rows");
+}
+
+// The same at head dim 64, where the three-warpgroup kernel keeps the overlapped turn.
+TEST(CudaPrefill, Fp8ThreeWarpgroupTilesEveryShapeHeadDim64) {
+  FP8KV_REQUIRE_GPU();
+  cuda::PrefillOptions tiles;
+  tiles.query_tile = 192;
+  wide_kernel_every_shape(tiles, 64, "192 rows d64");
 }
 
 TEST(CudaPrefill, VarlenMixedLengthsAndPrefixes) {
@@ -331,7 +342,7 @@ TEST(CudaPrefill, RejectsUnsupportedAndBadArguments) {
   expect_invalid_argument([&] { cuda::prefill(d64, wide); }, "key_tile", {"head dim 128"});
   EXPECT_EQ(cuda::prefill_key_tile(a, wide), 256);
   EXPECT_EQ(cuda::prefill_key_tile(a), 128);  // 4 keys: far below the thresholds
-  // Query tiles: only 128 and 192, 192 only with 128-key tiles and at head dim 128.
+  // Query tiles: only 128 and 192, 192 only with 128-key tiles and for FP8 E4M3.
   for (int query_tile : {64, 256}) {
     const cuda::PrefillOptions bad = with([&](cuda::PrefillOptions& o) { o.query_tile = query_tile; });
     expect_invalid_argument([&] { cuda::prefill(a, bad); }, "query_tile", {std::to_string(query_tile)});
@@ -342,7 +353,11 @@ TEST(CudaPrefill, RejectsUnsupportedAndBadArguments) {
     o.key_tile = 256;
   });
   expect_invalid_argument([&] { cuda::prefill(a, rows192_wide); }, "query_tile", {"128-key tiles"});
-  expect_invalid_argument([&] { cuda::prefill(d64, rows192); }, "query_tile", {"head dim 128"});
+  PrefillArgs bf16 = a;
+  bf16.q = buf.tensor(DType::kBFloat16, {4, 2, 128});
+  bf16.k = buf.tensor(DType::kBFloat16, {4, 2, 128});
+  bf16.v = buf.tensor(DType::kBFloat16, {4, 2, 128});
+  expect_invalid_argument([&] { cuda::prefill(bf16, rows192); }, "query_tile", {"FP8 E4M3"});
   const cuda::PrefillTiles forced = cuda::prefill_tiles(a, rows192), narrow = cuda::prefill_tiles(a);
   EXPECT_EQ(forced.query, 192);
   EXPECT_EQ(forced.key, 128);

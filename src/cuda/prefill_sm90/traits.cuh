@@ -35,8 +35,9 @@ struct ElementBf16 {
 // dense, 128-key tiles): kBlockM = 192 rows, so that each SM sub-partition runs three softmax
 // warps instead of two; the consumers' turns are bound by their softmax's latency, and a third
 // warp hides more of it (H100, 2026-11-25, README "Fourteenth session": Qwen3-8B 16k 3-5% faster
-// than the 256-key kernel). Its 160 registers per consumer thread hold S and O (64 each) and
-// little else, so its turn is the serial one as well.
+// than the 256-key kernel; at head dim 64 14-30% faster than two warpgroups). At head dim 128 its
+// 160 registers per consumer thread hold S and O (64 each) and little else, so its turn is the
+// serial one as well; at head dim 64 the overlapped turn fits.
 // Shared memory at d = 128: FP8 2 x 16 KiB of Q + 3 stages x 48 KiB (K, V, V^T) = 176 KiB (256-key
 // tiles: 2 stages x 96 KiB = 224 KiB; three consumer warpgroups: 2 x 24 KiB + 3 x 48 KiB = 192
 // KiB); BF16 2 x 32 KiB of Q + 2 stages x 64 KiB = 192 KiB. Q has
@@ -53,14 +54,14 @@ struct PrefillTraits {
   static constexpr int kBlockN = kBlockN_;
   static constexpr bool kWide = kBlockN > 128;
   static_assert(!kWide || (Element::kFp8 && kHeadDim_ == 128 && !kPaged_ && kBlockN == 256), "wide: FP8 d128 dense");
-  static_assert(kConsumerWarpgroups == 2 || (kConsumerWarpgroups == 3 && Element::kFp8 && kHeadDim_ == 128 &&
-                                             !kPaged_ && kBlockN == 128),
-                "three consumer warpgroups: FP8 d128 dense, 128-key tiles");
+  static_assert(kConsumerWarpgroups == 2 || (kConsumerWarpgroups == 3 && Element::kFp8 && !kPaged_ && kBlockN == 128),
+                "three consumer warpgroups: FP8 dense, 128-key tiles");
   // The serial turn (kernel.cuh, wide_turn): P.V of the previous tile completes, and two-level
   // folds it, before Q.K^T of this one is issued, with the tile's P.V product accumulated in S's
   // registers. The 256-key kernel needs it (S takes 128 registers), and so does the one with three
-  // consumer warpgroups (160 registers each: S and O are 64 each).
-  static constexpr bool kSerialTurn = kWide || kConsumerWarpgroups == 3;
+  // consumer warpgroups at head dim 128 (160 registers each: S and O are 64 each). At head dim 64
+  // (O 32) the three-warpgroup kernel keeps the overlapped turn.
+  static constexpr bool kSerialTurn = kWide || (kConsumerWarpgroups == 3 && kHeadDim == 128);
   // Pipeline depth and schedule, from bench prefill on the H100 (seq 4096-16384). A third
   // K/V/V^T stage saves FP8 2-15%; BF16 has no room for it (160 KiB with two). Ping-pong (the two
   // consumer warpgroups take turns on the tensor cores, see kernel.cuh): BF16 450-600 TFLOP/s
