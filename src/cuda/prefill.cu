@@ -180,10 +180,10 @@ bool prefill_supported(DType dtype, int head_dim, bool paged) {
 // H100 (2026-11-25, bench prefill, both tile widths in one run): 256-key tiles were 2.6-6.1% faster
 // at Qwen3-0.6B/8B batch 4 and 8 x 4096 and 4.7-6.5% at 16k (2048-4096 work tiles), but (an earlier
 // run) 2% slower at Qwen3-8B 1 x 4096 (1024 work tiles) and 8% at Qwen3-0.6B 1 x 4096 (512). The
-// 192 x 128 kernel took over those shapes (fourteenth session's final bench: 1.3-5.7% faster than
-// 128 x 256 at 16k, 0.3-3.2% at batch 4 and 8 x 4096) and more: against 128 x 128 it was 6% faster at Qwen3-8B
-// 1 x 4096 (1024 query blocks x heads), level at Qwen3-0.6B 1 x 4096 (512), and 3-11% slower at
-// 1024 keys per sequence.
+// 192 x 128 kernel took over those shapes (fourteenth session's final bench: 1.3-5.7% faster
+// than 128 x 256 at 16k, 0.3-3.2% at batch 4 and 8 x 4096) and more: against 128 x 128 it was 6%
+// faster at Qwen3-8B 1 x 4096 (1024 query blocks x heads), level at Qwen3-0.6B 1 x 4096 (512), and
+// 3-11% slower at 1024 keys per sequence.
 constexpr int64_t kWideMinKeysPerSequence = 2048;
 constexpr int64_t kWideMinWorkTiles = 2048;     // 128-row query blocks x query heads, for 128 x 256
 constexpr int64_t kRows192MinWorkTiles = 1024;  // the same count, for 192 x 128
