@@ -29,20 +29,19 @@ struct ElementBf16 {
 // O, the per-tile O of two-level accumulation and P under the consumer register budget while the
 // next tile's Q.K^T and this one's P.V are in flight together. kBlockN = 256 (FP8, head dim 128,
 // dense; prefill_tiles in src/cuda/prefill.cu picks it when the options ask for 128-row query
-// tiles): S takes 128 registers, so the schedule
-// is serial (kernel.cuh) and the per-key costs of a turn (barriers, wgmma issue, the fold, the
-// row-max shuffles) are spread over twice the keys. kConsumerWarpgroups = 3 (FP8, head dim 128,
-// dense, 128-key tiles): kBlockM = 192 rows, so that each SM sub-partition runs three softmax
-// warps instead of two; the consumers' turns are bound by their softmax's latency, and a third
-// warp hides more of it (H100, 2026-11-25, README "Fourteenth session": Qwen3-8B 16k 3-5% faster
-// than the 256-key kernel; at head dim 64 14-30% faster than two warpgroups). At head dim 128 its
-// 160 registers per consumer thread hold S and O (64 each) and little else, so its turn is the
-// serial one as well; at head dim 64 the overlapped turn fits.
+// tiles): S takes 128 registers, so the schedule is serial (kernel.cuh) and the per-key costs of a
+// turn (barriers, wgmma issue, the fold, the row-max shuffles) are spread over twice the keys.
+// kConsumerWarpgroups = 3 (FP8, head dim 64 or 128, dense, 128-key tiles): kBlockM = 192 rows, so
+// that each SM sub-partition runs three softmax warps instead of two; the consumers' turns are
+// bound by their softmax's latency, and a third warp hides more of it (H100, 2026-11-25, README
+// "Fourteenth session": at 16k 1-6% faster than the 256-key kernel; at head dim 64 14-31% faster
+// than two warpgroups). At head dim 128 its 160 registers per consumer thread hold S and O (64
+// each) and little else, so its turn is the serial one as well; at head dim 64 the overlapped turn
+// fits.
 // Shared memory at d = 128: FP8 2 x 16 KiB of Q + 3 stages x 48 KiB (K, V, V^T) = 176 KiB (256-key
 // tiles: 2 stages x 96 KiB = 224 KiB; three consumer warpgroups: 2 x 24 KiB + 3 x 48 KiB = 192
-// KiB); BF16 2 x 32 KiB of Q + 2 stages x 64 KiB = 192 KiB. Q has
-// two buffers because the CTAs are persistent (tile_scheduler.cuh): the next work tile's Q loads
-// while the current one runs.
+// KiB); BF16 2 x 32 KiB of Q + 2 stages x 64 KiB = 192 KiB. Q has two buffers because the CTAs are
+// persistent (tile_scheduler.cuh): the next work tile's Q loads while the current one runs.
 template <class Element_, int kHeadDim_, bool kPaged_, int kBlockN_ = 128, int kConsumerWarpgroups_ = 2>
 struct PrefillTraits {
   using Element = Element_;
@@ -96,7 +95,8 @@ struct PrefillTraits {
   // The dense kernels' producer fits without spills; the paged FP8 ones spill 80-100 bytes (the
   // leader's page walk beside the transposer's per-lane offsets, reloaded once per K/V tile).
   // Three consumer warpgroups (512 threads, launched with 128 registers each): 128 x 32 + 384 x
-  // 160 = 65536; ptxas spills 24 bytes in the consumers (a value or two reloaded per turn).
+  // 160 = 65536; ptxas spills 24 bytes in the consumers at head dim 128 (the register that carries
+  // the ping-pong barrier id, stored and reloaded once per two-level turn) and 8 at head dim 64.
   static constexpr int kProducerRegisters = kConsumerWarpgroups == 3 ? 32 : kFp8 ? 40 : 24;
   static constexpr int kConsumerRegisters = kConsumerWarpgroups == 3 ? 160 : kFp8 ? 232 : 240;
   static constexpr int kLaunchRegisters = 65536 / kThreads / 8 * 8;  // what ptxas gives each thread
