@@ -52,10 +52,11 @@ TEST(CudaPrefill, Bf16LengthsHeadDimsGqaCausal) {
   run_lengths(DType::kBFloat16, DescaleMode::kNone);
 }
 
-// An FP8 kernel with tiles wider than 128 x 128 (`tiles`: the options that force it) at head dim
-// `d`, on every shape: lengths around one and two tiles, varlen batches with prefixes, GQA, causal
-// and not, and the three accumulation modes.
-void wide_kernel_every_shape(const cuda::PrefillOptions& tiles, int d, const char* label) {
+// An FP8 kernel with tiles wider than 128 x 128 (forced by `query_tile` and `key_tile`, as in
+// tile_options) at head dim `d`, on every shape: lengths around one and two tiles, varlen batches
+// with prefixes, GQA, causal and not, and the three accumulation modes.
+void wide_kernel_every_shape(int query_tile, int key_tile, int d, const char* label) {
+  const cuda::PrefillOptions tiles = tile_options(query_tile, key_tile);
   const int gqa[] = {1, 2, 4, 8};
   int index = 0;
   for (int len : {1, 63, 65, 255, 256, 257, 511, 1000, 3000}) {
@@ -63,10 +64,9 @@ void wide_kernel_every_shape(const cuda::PrefillOptions& tiles, int d, const cha
       const int ratio = gqa[index++ % 4];
       const int hk = 2, hq = hk * ratio;
       SCOPED_TRACE(::testing::Message() << label << " len=" << len << " causal=" << causal << " hq=" << hq);
-      cuda::PrefillOptions options = tiles;
       const DenseProblem p = make_dense_problem({len}, {len}, hq, hk, d, causal, DType::kFp8E4M3,
                                                 DescaleMode::kPerTensor, test_seed());
-      const ErrorReport e = check_dense(p, len > 1024 ? 256 : 0, options);
+      const ErrorReport e = check_dense(p, len > 1024 ? 256 : 0, tiles);
       std::printf("[prefill %s] len=%d causal=%d hq=%d hk=%d: rel err %.3e (naive %.3e)\n", label, len,
                   causal ? 1 : 0, hq, hk, e.gpu, e.naive);
       expect_within_bound(e);
@@ -102,10 +102,7 @@ TEST(CudaPrefill, TileChoiceFollowsShapesAndOptions) {
     return a;
   };
   auto tiles = [](const PrefillArgs& a, int query_tile, int key_tile) {
-    cuda::PrefillOptions o;
-    o.query_tile = query_tile;
-    o.key_tile = key_tile;
-    const cuda::PrefillTiles t = cuda::prefill_tiles(a, o);
+    const cuda::PrefillTiles t = cuda::prefill_tiles(a, tile_options(query_tile, key_tile));
     return std::to_string(t.query) + "x" + std::to_string(t.key);
   };
   const PrefillArgs qwen8b_1x4k = args(DType::kFp8E4M3, 1, 4096, 32, 128);   // 1024 query blocks x heads
@@ -133,26 +130,20 @@ TEST(CudaPrefill, TileChoiceFollowsShapesAndOptions) {
 // 128 x 256 tiles (key_tile 256).
 TEST(CudaPrefill, Fp8WideTilesEveryShape) {
   FP8KV_REQUIRE_GPU();
-  cuda::PrefillOptions tiles;
-  tiles.key_tile = 256;
-  wide_kernel_every_shape(tiles, 128, "wide");
+  wide_kernel_every_shape(0, 256, 128, "wide");
 }
 
 // 192 x 128 tiles (three consumer warpgroups), which prefill_tiles picks for long sequences with
 // enough query blocks (the 16384 cases above, hq = 16, use it at both head dims).
 TEST(CudaPrefill, Fp8ThreeWarpgroupTilesEveryShape) {
   FP8KV_REQUIRE_GPU();
-  cuda::PrefillOptions tiles;
-  tiles.query_tile = 192;
-  wide_kernel_every_shape(tiles, 128, "192 rows");
+  wide_kernel_every_shape(192, 0, 128, "192 rows");
 }
 
 // The same at head dim 64, where the three-warpgroup kernel keeps the overlapped turn.
 TEST(CudaPrefill, Fp8ThreeWarpgroupTilesEveryShapeHeadDim64) {
   FP8KV_REQUIRE_GPU();
-  cuda::PrefillOptions tiles;
-  tiles.query_tile = 192;
-  wide_kernel_every_shape(tiles, 64, "192 rows d64");
+  wide_kernel_every_shape(192, 0, 64, "192 rows d64");
 }
 
 TEST(CudaPrefill, VarlenMixedLengthsAndPrefixes) {
@@ -321,19 +312,15 @@ TEST(CudaPrefill, RejectsUnsupportedAndBadArguments) {
   a.out = buf.tensor(DType::kFloat16, {4, 2, 128});
   expect_invalid_argument([&] { cuda::prefill(a); }, "out");
   a.out = buf.tensor(DType::kBFloat16, {4, 2, 128});
-  auto with = [](auto set) {
-    cuda::PrefillOptions options;
-    set(options);
-    return options;
-  };
-  const cuda::PrefillOptions negative = with([](cuda::PrefillOptions& o) { o.one_level_max_keys = -1; });
+  cuda::PrefillOptions negative;
+  negative.one_level_max_keys = -1;
   expect_invalid_argument([&] { cuda::prefill(a, negative); }, "one_level_max_keys");
   for (int key_tile : {64, 512}) {
-    const cuda::PrefillOptions bad = with([&](cuda::PrefillOptions& o) { o.key_tile = key_tile; });
-    expect_invalid_argument([&] { cuda::prefill(a, bad); }, "key_tile", {std::to_string(key_tile)});
+    expect_invalid_argument([&] { cuda::prefill(a, tile_options(0, key_tile)); }, "key_tile",
+                            {std::to_string(key_tile)});
   }
   // 256-key tiles at head dim 64: no such kernel, an error rather than another tile width.
-  const cuda::PrefillOptions wide = with([](cuda::PrefillOptions& o) { o.key_tile = 256; });
+  const cuda::PrefillOptions wide = tile_options(0, 256);
   PrefillArgs d64 = a;
   d64.q = buf.tensor(DType::kFp8E4M3, {4, 2, 64});
   d64.k = buf.tensor(DType::kFp8E4M3, {4, 2, 64});
@@ -344,15 +331,11 @@ TEST(CudaPrefill, RejectsUnsupportedAndBadArguments) {
   EXPECT_EQ(cuda::prefill_key_tile(a), 128);  // 4 keys: far below the thresholds
   // Query tiles: only 128 and 192, 192 only with 128-key tiles and for FP8 E4M3.
   for (int query_tile : {64, 256}) {
-    const cuda::PrefillOptions bad = with([&](cuda::PrefillOptions& o) { o.query_tile = query_tile; });
-    expect_invalid_argument([&] { cuda::prefill(a, bad); }, "query_tile", {std::to_string(query_tile)});
+    expect_invalid_argument([&] { cuda::prefill(a, tile_options(query_tile, 0)); }, "query_tile",
+                            {std::to_string(query_tile)});
   }
-  const cuda::PrefillOptions rows192 = with([](cuda::PrefillOptions& o) { o.query_tile = 192; });
-  const cuda::PrefillOptions rows192_wide = with([](cuda::PrefillOptions& o) {
-    o.query_tile = 192;
-    o.key_tile = 256;
-  });
-  expect_invalid_argument([&] { cuda::prefill(a, rows192_wide); }, "query_tile", {"128-key tiles"});
+  const cuda::PrefillOptions rows192 = tile_options(192, 0);
+  expect_invalid_argument([&] { cuda::prefill(a, tile_options(192, 256)); }, "query_tile", {"128-key tiles"});
   PrefillArgs bf16 = a;
   bf16.q = buf.tensor(DType::kBFloat16, {4, 2, 128});
   bf16.k = buf.tensor(DType::kBFloat16, {4, 2, 128});

@@ -82,12 +82,7 @@ struct Tiles {
   const char* label;
   int query() const { return query_tile == 0 ? 128 : query_tile; }
   int key() const { return key_tile == 0 ? 128 : key_tile; }
-  cuda::PrefillOptions options() const {
-    cuda::PrefillOptions o;
-    o.query_tile = query_tile;
-    o.key_tile = key_tile;
-    return o;
-  }
+  cuda::PrefillOptions options() const { return tile_options(query_tile, key_tile); }
 };
 constexpr Tiles kChosenTiles{0, 0, "chosen per launch (128 x 128)"};
 constexpr Tiles kWideTiles{0, 256, "128 x 256"};

@@ -299,6 +299,14 @@ struct ErrorReport {
 };
 
 // Runs the problem on the GPU and both CPU implementations on the last `rows` rows per sequence.
+// PrefillOptions that force tile sizes (0 = chosen per launch), the rest default.
+inline cuda::PrefillOptions tile_options(int query_tile, int key_tile) {
+  cuda::PrefillOptions options;
+  options.query_tile = query_tile;
+  options.key_tile = key_tile;
+  return options;
+}
+
 inline ErrorReport check_dense(const DenseProblem& p, int rows, const cuda::PrefillOptions& options = {}) {
   const std::vector<float> gpu = run_dense_on_gpu(p, options);
   const RowSlice s = last_rows(p, rows);

@@ -244,11 +244,8 @@ TEST(CudaPagedPrefill, GqaRatiosAndLongPrefix) {
 TEST(CudaPagedPrefill, RejectsWideKeyTiles) {
   FP8KV_REQUIRE_GPU();
   const PagedProblem p = make_paged({17}, {300}, 4, 2, 128, 16, ScaleGranularity::kPerTensor, test_seed());
-  cuda::PrefillOptions wide, rows192;
-  wide.key_tile = 256;
-  rows192.query_tile = 192;
-  expect_invalid_argument([&] { check_paged(p, wide); }, "key_tile");
-  expect_invalid_argument([&] { check_paged(p, rows192); }, "query_tile");
+  expect_invalid_argument([&] { check_paged(p, tile_options(0, 256)); }, "key_tile");
+  expect_invalid_argument([&] { check_paged(p, tile_options(192, 0)); }, "query_tile");
 }
 
 // rope_quantize: Q codes and scales vs the reference's RoPE + per-group quantisation (exact up to

@@ -361,13 +361,14 @@ __device__ void consumer_loop(const PrefillParams& p, const WorkTile& t, const S
     G::make_p_fragments(s, pa);
   };
 
-  // Wide tiles (256 keys), serial: P.V of the previous tile completes (and, two-level, is folded
-  // into O) before Q.K^T of this one is issued. Two-level, the tile's P.V product is accumulated in
-  // the first 64 of S's 128 registers (S is not live yet): as an array of its own, ptxas (CUDA
-  // 13.0) placed it beside S and spilled O (624 bytes); in S's last 64 it serialised every wgmma
-  // of the kernel. This way a turn needs S + O = 192 registers (ptxas keeps P in S's registers
-  // 64-95 between turns).
-  auto wide_turn = [&](auto has_pv_tag, auto has_qk_tag, auto may_mask_tag, int iter, const Stage& st,
+  // The serial turn (Traits::kSerialTurn: 256-key tiles, and 192 x 128 at head dim 128): P.V of
+  // the previous tile completes (and, two-level, is folded into O) before Q.K^T of this one is
+  // issued. Two-level, the tile's P.V product is accumulated in the first 64 of S's registers (S is
+  // not live yet). With 256-key tiles, as an array of its own, ptxas (CUDA 13.0) placed it beside S
+  // and spilled O (624 bytes); in S's last 64 it serialised every wgmma of the kernel. This way a
+  // turn needs S + O = 192 registers (ptxas keeps P in S's registers 64-95 between turns); at
+  // 192 x 128, S + O = 128 of the 160.
+  auto serial_turn = [&](auto has_pv_tag, auto has_qk_tag, auto may_mask_tag, int iter, const Stage& st,
                        const Stage& prev) {
     if constexpr (Traits::kSerialTurn) {
       constexpr bool kHasPV = decltype(has_pv_tag)::value;
@@ -414,7 +415,7 @@ __device__ void consumer_loop(const PrefillParams& p, const WorkTile& t, const S
   };
   auto any_turn = [&](auto... args) {
     if constexpr (Traits::kSerialTurn) {
-      wide_turn(args...);
+      serial_turn(args...);
     } else {
       turn(args...);
     }

@@ -163,9 +163,10 @@ struct OnlineSoftmax {
   // step() with the thread's two rows one after the other: row r + 8's max waits (through an FFMA
   // that always gives -inf) on one of row r's first exponentials, so that ptxas runs part of its
   // FMNMX beside row r's MUFU work instead of all of both rows' before it. The serial-turn kernels
-  // (128 x 256, 192 x 128) use it; for 192 x 128, README "Fourteenth session". Measured (H100, 2026-11-25, 4 interleaved rounds, FP8 default): Qwen3-8B 16k causal
-  // 2618-2627 us against 2661-2711, non-causal 5170-5259 against 5258-5347, Qwen3-0.6B 8 x 4096
-  // 751-756 against 757-765, Qwen3-8B 4 x 4096 level.
+  // (128 x 256, 192 x 128 at head dim 128) use it. Measured on the 256-key kernel (H100,
+  // 2026-11-25, 4 interleaved rounds, FP8 default): Qwen3-8B 16k causal 2618-2627 us against
+  // 2661-2711, non-causal 5170-5259 against 5258-5347, Qwen3-0.6B 8 x 4096 751-756 against
+  // 757-765, Qwen3-8B 4 x 4096 level; on the 192 x 128 one, README "Fourteenth session".
   __device__ bool step_rows_apart(float (&s)[kSRegs], float scale_log2, float (&alpha)[2]) {
     static_assert(kConditional, "conditional rescaling only");
     [[maybe_unused]] const float poly_scale = -scale_log2 * (1.0f / kPolyExpClamp);

@@ -55,7 +55,7 @@ struct PrefillTraits {
   static_assert(!kWide || (Element::kFp8 && kHeadDim_ == 128 && !kPaged_ && kBlockN == 256), "wide: FP8 d128 dense");
   static_assert(kConsumerWarpgroups == 2 || (kConsumerWarpgroups == 3 && Element::kFp8 && !kPaged_ && kBlockN == 128),
                 "three consumer warpgroups: FP8 dense, 128-key tiles");
-  // The serial turn (kernel.cuh, wide_turn): P.V of the previous tile completes, and two-level
+  // The serial turn (kernel.cuh, serial_turn): P.V of the previous tile completes, and two-level
   // folds it, before Q.K^T of this one is issued, with the tile's P.V product accumulated in S's
   // registers. The 256-key kernel needs it (S takes 128 registers), and so does the one with three
   // consumer warpgroups at head dim 128 (160 registers each: S and O are 64 each). At head dim 64
