@@ -17,9 +17,10 @@ namespace {
 int rows_to_check(int len) { return len > 1024 ? 256 : 0; }
 
 // A varlen batch (an empty sequence among mixed lengths) and its keys with cached prefixes: len_k
-// >= len_q except one sequence.
-const std::vector<int> kVarlenQ = {1, 63, 200, 1000, 129, 64, 0, 300};
-const std::vector<int> kVarlenPrefixedK = {7, 63, 450, 1017, 129, 1, 5, 300};
+// >= len_q except two sequences. In the last one (causal) the first 100 rows see no key, so the
+// first warpgroup of the first query block has no K/V tile of its own while the others have one.
+const std::vector<int> kVarlenQ = {1, 63, 200, 1000, 129, 64, 0, 300, 200};
+const std::vector<int> kVarlenPrefixedK = {7, 63, 450, 1017, 129, 1, 5, 300, 100};
 
 void run_lengths(DType dtype, DescaleMode mode) {
   const int lengths[] = {1, 63, 64, 65, 1000, 4096, 16384};

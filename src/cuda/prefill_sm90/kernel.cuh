@@ -53,7 +53,28 @@ __device__ __forceinline__ void pingpong_arrive_next(int warpgroup) {
   cutlass::arch::NamedBarrier::arrive(256, kPingPongBarrierBase + next);
 }
 
-// One consumer warpgroup: 64 query rows. Turn i (0..n) issues, as one ping-pong turn, P.V of
+// Turns first_turn..n_tiles of a work tile for a warpgroup whose rows need no more K/V tiles
+// (warpgroup_kv_tiles, tile_scheduler.cuh): it keeps its place in the ping-pong rotation, so that
+// every warpgroup still takes n_tiles + 1 turns per work tile, and releases the stages of the
+// tiles it does not read, without waiting for them, so the others' GEMMs run back to back. Turn
+// j releases tile j - 1 (`next_release` is its stage), one turn after a computing warpgroup would
+// release its K: by then, through the rotation, every warpgroup has released the tile that last
+// used the stage (kStages >= 2 tiles earlier), so the arrival counts toward the right phase.
+template <class Traits>
+__device__ void pass_turns(const SmemView<Traits>& sm, int warpgroup, int first_turn, int n_tiles, Stage next_release) {
+  for (int turn = first_turn; turn <= n_tiles; ++turn) {
+    pingpong_sync(warpgroup);
+    if (turn > 0) {
+      Barrier::arrive(sm.k_empty(next_release.index));
+      Barrier::arrive(Traits::kFp8 ? sm.vt_empty(next_release.index) : sm.v_empty(next_release.index));
+      next_release = next_stage<Traits>(next_release);
+    }
+    pingpong_arrive_next<Traits::kConsumerWarpgroups>(warpgroup);
+  }
+}
+
+// One consumer warpgroup: 64 query rows, which need own_tiles of the work tile's n_tiles K/V
+// tiles (at least one). Turn i (0..own_tiles) issues, as one ping-pong turn, P.V of
 // tile i - 1 and Q.K^T of tile i. Serial schedule (BF16): wait for both, then the softmax of tile
 // i. Overlapped schedule (FP8, Traits::kOverlap): Q.K^T and P.V are committed as two groups and
 // the source waits for P.V only after the softmax; ptxas (CUDA 13.0) nevertheless places that
@@ -75,7 +96,7 @@ __device__ __forceinline__ void pingpong_arrive_next(int warpgroup) {
 // work tiles).
 template <class Traits, bool kTwoLevel>
 __device__ void consumer_loop(const PrefillParams& p, const WorkTile& t, const SmemView<Traits>& sm, int n_tiles,
-                              int warpgroup, int q_buffer, int kv_done) {
+                              int own_tiles, int warpgroup, int q_buffer, int kv_done) {
   using G = Gemms<Traits>;
   const int thread = static_cast<int>(threadIdx.x) % 128;
   const int warp = thread / 32, lane = thread % 32;
@@ -428,19 +449,19 @@ __device__ void consumer_loop(const PrefillParams& p, const WorkTile& t, const S
     // Tiles before first_masked end at or before every row's visible_end (the row bound of the
     // mask, at this warpgroup's first row, which has the smallest).
     const int visible_end = p.causal ? min(t.len_k, wg_row0 + causal_offset + 1) : t.len_k;
-    const int first_masked = warp_uniform(min(n_tiles, visible_end > 0 ? visible_end / Traits::kBlockN : 0));
+    const int first_masked = warp_uniform(min(own_tiles, visible_end > 0 ? visible_end / Traits::kBlockN : 0));
     for (; iter < first_masked; ++iter) {
       const Stage prev = st;
       st = next_stage<Traits>(st);
       any_turn(std::true_type{}, std::true_type{}, std::false_type{}, iter, st, prev);
     }
   }
-  for (; iter < n_tiles; ++iter) {
+  for (; iter < own_tiles; ++iter) {
     const Stage prev = st;
     st = next_stage<Traits>(st);
     any_turn(std::true_type{}, std::true_type{}, std::true_type{}, iter, st, prev);
   }
-  any_turn(std::true_type{}, std::false_type{}, std::true_type{}, n_tiles, st, st);
+  any_turn(std::true_type{}, std::false_type{}, std::true_type{}, own_tiles, st, st);
 
   float factor[2];
   softmax.finalize(factor);
@@ -451,6 +472,9 @@ __device__ void consumer_loop(const PrefillParams& p, const WorkTile& t, const S
   store_output<Traits>(p, load_work_tile(sm.work(q_buffer)), o, warpgroup, thread);
   // Q and the work slot are no longer needed: the producer may load a later tile's Q here.
   Barrier::arrive(sm.q_empty(q_buffer));
+  if constexpr (Traits::kPassesTurns) {
+    if (own_tiles < n_tiles) pass_turns<Traits>(sm, warpgroup, own_tiles + 1, n_tiles, next_stage<Traits>(st));
+  }
 }
 
 // A consumer warpgroup's whole job: the work tiles the producer publishes, in order, until it
@@ -482,21 +506,29 @@ __device__ void consumer(const PrefillParams& p, const SmemView<Traits>& sm, int
       return;
     }
     const int n_tiles = warp_uniform(num_kv_tiles<Traits>(t, p.causal));
-    if (n_tiles == 0) {
+    const int own_tiles =
+        Traits::kPassesTurns ? warp_uniform(warpgroup_kv_tiles<Traits>(t, p.causal, warpgroup)) : n_tiles;
+    if (own_tiles == 0) {
+      // No row of this warpgroup sees a key (n_tiles == 0: no row of the tile does, and no
+      // warpgroup takes a turn).
       float zero[Gemms<Traits>::kORegs] = {};
       store_output<Traits>(p, t, zero, warpgroup, static_cast<int>(threadIdx.x) % 128);
       Barrier::arrive(sm.q_empty(buffer));
+      if constexpr (Traits::kPassesTurns) {
+        if (n_tiles > 0) pass_turns<Traits>(sm, warpgroup, 0, n_tiles, stage_of<Traits>(kv_done));
+        kv_done += n_tiles;
+      }
       continue;
     }
     if constexpr (Traits::kFp8) {
       const bool long_chain = n_tiles * Traits::kBlockN > p.one_level_max_keys;
       if ((p.two_level && long_chain) || token_scales) {
-        consumer_loop<Traits, true>(p, t, sm, n_tiles, warpgroup, buffer, kv_done);
+        consumer_loop<Traits, true>(p, t, sm, n_tiles, own_tiles, warpgroup, buffer, kv_done);
         kv_done += n_tiles;
         continue;
       }
     }
-    consumer_loop<Traits, false>(p, t, sm, n_tiles, warpgroup, buffer, kv_done);
+    consumer_loop<Traits, false>(p, t, sm, n_tiles, own_tiles, warpgroup, buffer, kv_done);
     kv_done += n_tiles;
   }
 }

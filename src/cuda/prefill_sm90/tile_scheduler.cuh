@@ -142,4 +142,17 @@ __device__ __forceinline__ int num_kv_tiles(const WorkTile& t, bool causal) {
   return end <= 0 ? 0 : (end + Traits::kBlockN - 1) / Traits::kBlockN;
 }
 
+// The K/V tiles that consumer warpgroup `warpgroup`'s 64 rows need: fewer than the work tile's
+// when the causal diagonal cuts its later rows off (192-row tiles over 128-key tiles: the first
+// warpgroup of every other block needs one tile less; a query chunk whose cached prefix is not a
+// whole number of tiles), and 0 when all its rows lie past the sequence end (they are not stored).
+template <class Traits>
+__device__ __forceinline__ int warpgroup_kv_tiles(const WorkTile& t, bool causal, int warpgroup) {
+  const int row0 = t.m_block * Traits::kBlockM + warpgroup * 64;
+  const int row_end = min(row0 + 64, t.len_q);
+  if (row_end <= row0) return 0;
+  const int end = causal ? min(t.len_k, row_end + (t.len_k - t.len_q)) : t.len_k;
+  return end <= 0 ? 0 : (end + Traits::kBlockN - 1) / Traits::kBlockN;
+}
+
 }  // namespace fp8kv::cuda::sm90
