@@ -105,7 +105,7 @@ __device__ void consumer_loop(const PrefillParams& p, const WorkTile& t, const S
   const float scale_log2 = p.softmax_scale_log2 * load_descale(p.q_descale, p.q_descale_stride, kv_head) *
                            load_descale(p.k_descale, p.k_descale_stride, kv_head);
   const float v_descale = load_descale(p.v_descale, p.v_descale_stride, kv_head);
-  const int wg_row0 = t.m_block * Traits::kBlockM + warpgroup * 64;
+  const int wg_row0 = block_row0<Traits>(t) + warpgroup * 64;
   const int row0 = wg_row0 + warp * 16 + lane / 4;  // this thread's rows: row0, row0 + 8
   const int col_in_group = 2 * (lane % 4);
   const int causal_offset = t.len_k - t.len_q;

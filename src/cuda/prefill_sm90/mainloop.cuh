@@ -124,6 +124,8 @@ __device__ __forceinline__ Stage next_stage(const Stage& st) {
 
 // ---- producer -----------------------------------------------------------------------------------
 
+// Rows outside the sequence come along (another sequence's, or zeros where the box leaves the
+// tensor, including negative rows); their results are not stored.
 template <class Traits>
 __device__ void load_q(const PrefillParams& p, const WorkTile& t, const SmemView<Traits>& sm, int buffer) {
   Barrier::arrive_and_expect_tx(sm.q_full(buffer), Traits::kQBytes);
@@ -131,7 +133,7 @@ __device__ void load_q(const PrefillParams& p, const WorkTile& t, const SmemView
   for (int cb = 0; cb < Traits::kColBlocks; ++cb) {
     cute::SM90_TMA_LOAD_3D::copy(&p.tma_q, sm.q_full(buffer), kTmaCacheHint,
                                  sm.q(buffer) + cb * Traits::kBlockM * Traits::kSwizzleBytes, cb * Traits::kBoxElems,
-                                 t.q_head, t.q_start + t.m_block * Traits::kBlockM);
+                                 t.q_head, t.q_start + block_row0<Traits>(t));
   }
 }
 

@@ -61,6 +61,22 @@ struct WorkTile {
   int k_start;  // dense: first key row of the sequence in the packed tensor
 };
 
+// The first query row of work tile t, relative to its sequence. The kernels that pass turns
+// (traits.cuh, kPassesTurns) align their blocks to the sequence's end, so that a partial block is
+// the sequence's first, which under a causal mask has the fewest K/V tiles; its rows before the
+// sequence (negative) are computed and not stored. At the end, its 64 real rows would take the
+// most tiles, with one warpgroup computing and two passing: at 4096 keys, 32 of a head's 384
+// rounds of turns. Measured: README "Fifteenth session".
+template <class Traits>
+__device__ __forceinline__ int block_row0(const WorkTile& t) {
+  const int row0 = t.m_block * Traits::kBlockM;
+  if constexpr (Traits::kPassesTurns) {
+    return row0 - (Traits::kBlockM - t.len_q % Traits::kBlockM) % Traits::kBlockM;
+  } else {
+    return row0;
+  }
+}
+
 template <class Traits>
 __device__ __forceinline__ WorkTile work_tile_at(const PrefillParams& p, int index) {
   WorkTile t{};
@@ -136,7 +152,7 @@ template <class Traits>
 __device__ __forceinline__ int num_kv_tiles(const WorkTile& t, bool causal) {
   int end = t.len_k;
   if (causal) {
-    const int last_row_end = (t.m_block + 1) * Traits::kBlockM + (t.len_k - t.len_q);
+    const int last_row_end = block_row0<Traits>(t) + Traits::kBlockM + (t.len_k - t.len_q);
     end = min(end, last_row_end);
   }
   return end <= 0 ? 0 : (end + Traits::kBlockN - 1) / Traits::kBlockN;
@@ -145,12 +161,12 @@ __device__ __forceinline__ int num_kv_tiles(const WorkTile& t, bool causal) {
 // The K/V tiles that consumer warpgroup `warpgroup`'s 64 rows need: fewer than the work tile's
 // when the causal diagonal cuts its later rows off (192-row tiles over 128-key tiles: the first
 // warpgroup of every other block needs one tile less; a query chunk whose cached prefix is not a
-// whole number of tiles), and 0 when all its rows lie past the sequence end (they are not stored).
+// whole number of tiles), and 0 when all its rows lie outside the sequence (they are not stored).
 template <class Traits>
 __device__ __forceinline__ int warpgroup_kv_tiles(const WorkTile& t, bool causal, int warpgroup) {
-  const int row0 = t.m_block * Traits::kBlockM + warpgroup * 64;
+  const int row0 = block_row0<Traits>(t) + warpgroup * 64;
   const int row_end = min(row0 + 64, t.len_q);
-  if (row_end <= row0) return 0;
+  if (row_end <= max(row0, 0)) return 0;
   const int end = causal ? min(t.len_k, row_end + (t.len_k - t.len_q)) : t.len_k;
   return end <= 0 ? 0 : (end + Traits::kBlockN - 1) / Traits::kBlockN;
 }
