@@ -75,7 +75,7 @@ struct PrefillTraits {
   // (kernel.cuh, pass_turns) instead of computing them. With 192-row blocks over 128-key tiles
   // under a causal mask, the first warpgroup of every other block has one such tile: 8% of the
   // turns at 4096 and 2% at 16k. Measured (H100, 2026-11-25, 2 interleaved rounds, FP8 default):
-  // Qwen3-0.6B 8 x 4096 690-693 us against 718-738, Qwen3-8B 4 x 4096 697-699 against 734-735,
+  // Qwen3-0.6B 8 x 4096 690-693 us against 718-738, Qwen3-8B 4 x 4096 697-699 against 733-736,
   // Qwen3-8B 16k causal 2481-2483 against 2517-2534, head dim 64 8 x 4096 520-527 against 530-539.
   // The two-warpgroup kernels have such tiles only past the sequence end or in a causal chunk
   // whose cached prefix is not a whole number of tiles; given the same code, the 128 x 128 kernel
