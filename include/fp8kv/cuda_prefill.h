@@ -77,11 +77,12 @@ struct PrefillTiles {
   int query = 128;
   int key = 128;
 };
-// Options that set a tile size are followed; what they leave at 0 is chosen. For FP8 E4M3 with at
-// least 2048 keys per sequence (total_k / batch), the choice is 192 x 128 from 1024 128-row query
-// blocks x query heads at head dim 128 (128 x 256 from 2048 if the options ask for 128-row query
-// tiles) and from 512 at head dim 64, else 128 x 128. The thresholds are measured (H100, README "Prefill attention"): below
-// them 128 x 128 tiles were as fast or faster.
+// Options that set a tile size are followed; what they leave at 0 is chosen. For FP8 E4M3 at head
+// dim 128 the choice is 192 x 128 from 512 keys per sequence (total_k / batch) and 1024 128-row
+// query blocks x query heads, or from 4096 keys and 512 blocks x heads; with 128-row query tiles
+// asked for, 128 x 256 from 2048 keys and 2048 blocks x heads. At head dim 64 it is 192 x 128 from
+// 2048 keys and 512 blocks x heads. Everything else gets 128 x 128. The thresholds are measured
+// (H100, README "Prefill attention"): below them 128 x 128 tiles were as fast or faster.
 // Throws InvalidArgument (naming "key_tile" or "query_tile") for a size no kernel has here.
 PrefillTiles prefill_tiles(const PrefillArgs& args, const PrefillOptions& options = {});
 // prefill_tiles(args, options).key.

@@ -345,7 +345,7 @@ void register_bench_prefill(CLI::App& bench) {
       ->check(CLI::IsMember({0, 128, 256}))
       ->capture_default_str();
   cmd->add_option("--query-tile", options->query_tile,
-                  "PrefillOptions::query_tile of the FP8 runs: 0 = chosen per launch, 128, 192 (head dim 128 only)")
+                  "PrefillOptions::query_tile of the FP8 runs: 0 = chosen per launch, 128, 192")
       ->check(CLI::IsMember({0, 128, 192}))
       ->capture_default_str();
   cmd->callback([options] { run_bench(*options); });

@@ -183,13 +183,32 @@ bool prefill_supported(DType dtype, int head_dim, bool paged) {
 // 192 x 128 kernel took over those shapes (fourteenth session's final bench: 1.3-5.7% faster
 // than 128 x 256 at 16k, 0.3-3.2% at batch 4 and 8 x 4096) and more: against 128 x 128 it was 6%
 // faster at Qwen3-8B 1 x 4096 (1024 query blocks x heads), level at Qwen3-0.6B 1 x 4096 (512), and
-// 3-11% slower at 1024 keys per sequence.
+// 3-11% slower at 1024 keys per sequence. Once its warpgroups passed the K/V tiles their rows do
+// not see and its blocks were aligned to the sequence end (fifteenth session), against 128 x 128
+// in one call (3 rounds, us; in parentheses 128-row query blocks x query heads): faster at
+// Qwen3-0.6B 1 x 4096 (512) 95.3-97.7 against 100.2-101.7, Qwen3-8B 8 x 512 (1024) 54.8-55.0
+// against 55.2-55.4, Qwen3-0.6B 8 x 1024 (1024) 71.5-71.7 against 74.1-74.5, Qwen3-8B 4 x 1024
+// (1024) 68.5-69.4 against 72.7-73.0 and 8 x 1024 (2048) 130.0-130.2 against 140.1-140.8; slower
+// at Qwen3-0.6B 4 x 1024 (512) 42.8-43.1 against 42.0-42.2 and Qwen3-8B 1 x 1024 (256) 26.2-26.3
+// against 24.9.
 constexpr int64_t kWideMinKeysPerSequence = 2048;
-constexpr int64_t kWideMinWorkTiles = 2048;     // 128-row query blocks x query heads, for 128 x 256
+constexpr int64_t kWideMinWorkTiles = 2048;  // 128-row query blocks x query heads, for 128 x 256
+constexpr int64_t kRows192MinKeysPerSequence = 512;
 constexpr int64_t kRows192MinWorkTiles = 1024;  // the same count, for 192 x 128
+constexpr int64_t kRows192LongMinKeysPerSequence = 4096;
+constexpr int64_t kRows192LongMinWorkTiles = 512;  // from 4096 keys per sequence
 // Head dim 64 (fourteenth session, against 128 x 128 in the same run): 192 x 128 was 14% faster at
-// 1 x 4096 with 16 heads (512 query blocks x heads), 21% at 8 x 4096 and 30% at 1 x 16384.
+// 1 x 4096 with 16 heads (512 query blocks x heads), 21% at 8 x 4096 and 30% at 1 x 16384. Shorter
+// sequences were not measured there.
+constexpr int64_t kRows192MinKeysPerSequenceD64 = 2048;
 constexpr int64_t kRows192MinWorkTilesD64 = 512;
+
+// Whether the defaults pick 192 x 128 over 128 x 128 (the measurements above).
+bool rows192_pays(bool head_dim_64, int64_t keys_per_sequence, int64_t work_tiles) {
+  if (head_dim_64) return keys_per_sequence >= kRows192MinKeysPerSequenceD64 && work_tiles >= kRows192MinWorkTilesD64;
+  return (keys_per_sequence >= kRows192MinKeysPerSequence && work_tiles >= kRows192MinWorkTiles) ||
+         (keys_per_sequence >= kRows192LongMinKeysPerSequence && work_tiles >= kRows192LongMinWorkTiles);
+}
 
 namespace {
 // prefill_tiles for options that have been validated.
@@ -213,11 +232,12 @@ PrefillTiles choose_tiles(const PrefillArgs& args, const PrefillOptions& options
   }
   const int64_t batch = args.cu_seqlens_q.size(0) - 1;
   const int64_t work_tiles = static_cast<int64_t>(grid_blocks(args.q.size(0), batch, 128)) * args.q.size(1);
-  if (args.k.size(0) / batch < kWideMinKeysPerSequence) return narrow;
-  const int64_t rows192_min = fp8_d64 ? kRows192MinWorkTilesD64 : kRows192MinWorkTiles;
-  if (options.query_tile == 0 && work_tiles >= rows192_min) return PrefillTiles{192, 128};
+  const int64_t keys_per_sequence = args.k.size(0) / batch;
+  if (options.query_tile == 0 && rows192_pays(fp8_d64, keys_per_sequence, work_tiles)) return PrefillTiles{192, 128};
   if (fp8_d64) return narrow;
-  if (options.key_tile == 0 && work_tiles >= kWideMinWorkTiles) return PrefillTiles{128, 256};
+  if (options.key_tile == 0 && keys_per_sequence >= kWideMinKeysPerSequence && work_tiles >= kWideMinWorkTiles) {
+    return PrefillTiles{128, 256};
+  }
   return narrow;
 }
 }  // namespace

@@ -111,8 +111,12 @@ TEST(CudaPrefill, TileChoiceFollowsShapesAndOptions) {
   const PrefillArgs qwen8b_8x1k = args(DType::kFp8E4M3, 8, 1024, 32, 128);   // 1024 keys per sequence
   const PrefillArgs qwen8b_16k = args(DType::kFp8E4M3, 1, 16384, 32, 128);
   EXPECT_EQ(tiles(qwen8b_1x4k, 0, 0), "192x128");
-  EXPECT_EQ(tiles(qwen06b_1x4k, 0, 0), "128x128");
-  EXPECT_EQ(tiles(qwen8b_8x1k, 0, 0), "128x128");
+  EXPECT_EQ(tiles(qwen06b_1x4k, 0, 0), "192x128");  // 512 blocks x heads suffice from 4096 keys
+  EXPECT_EQ(tiles(qwen8b_8x1k, 0, 0), "192x128");
+  EXPECT_EQ(tiles(args(DType::kFp8E4M3, 8, 512, 32, 128), 0, 0), "192x128");  // 1024 blocks x heads
+  EXPECT_EQ(tiles(args(DType::kFp8E4M3, 4, 1024, 16, 128), 0, 0), "128x128");  // 512, under 4096 keys
+  EXPECT_EQ(tiles(args(DType::kFp8E4M3, 1, 1024, 32, 128), 0, 0), "128x128");  // 256
+  EXPECT_EQ(tiles(args(DType::kFp8E4M3, 64, 256, 32, 128), 0, 0), "128x128");  // under 512 keys
   EXPECT_EQ(tiles(qwen8b_16k, 0, 0), "192x128");
   EXPECT_EQ(tiles(qwen8b_16k, 0, 128), "192x128");  // 128-key tiles: the row count is still chosen
   EXPECT_EQ(tiles(qwen8b_16k, 128, 0), "128x256");  // 128-row tiles: the key tile is still chosen
