@@ -203,6 +203,7 @@ constexpr int64_t kRows192LongMinWorkTiles = 512;  // from 4096 keys per sequenc
 constexpr int64_t kRows192MinKeysPerSequenceD64 = 2048;
 constexpr int64_t kRows192MinWorkTilesD64 = 512;
 
+namespace {
 // Whether the defaults pick 192 x 128 over 128 x 128 (the measurements above).
 bool rows192_pays(bool head_dim_64, int64_t keys_per_sequence, int64_t work_tiles) {
   if (head_dim_64) return keys_per_sequence >= kRows192MinKeysPerSequenceD64 && work_tiles >= kRows192MinWorkTilesD64;
@@ -210,7 +211,6 @@ bool rows192_pays(bool head_dim_64, int64_t keys_per_sequence, int64_t work_tile
          (keys_per_sequence >= kRows192LongMinKeysPerSequence && work_tiles >= kRows192LongMinWorkTiles);
 }
 
-namespace {
 // prefill_tiles for options that have been validated.
 PrefillTiles choose_tiles(const PrefillArgs& args, const PrefillOptions& options) {
   const bool fp8 = args.q.dtype == DType::kFp8E4M3 && args.q.ndim == 3;
